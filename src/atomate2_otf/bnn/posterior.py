@@ -1,0 +1,387 @@
+"""M SGHMC chains over a foundation model plus noise head: update with labels, predict.
+
+The posterior keeps everything an on-the-fly run needs between reference calls, so a
+checkpoint of it is a complete restart point: the chains' parameters, the labelled data
+set, the energy offset between model and reference, the calibration statistics and the
+random-number state. It knows nothing of ASE or workflows: structures arrive as
+:class:`StructureRecord` and the model through the small :class:`FoundationModel` protocol.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from atomate2_otf.bnn import sghmc
+from atomate2_otf.bnn.calibration import GammaCalibration
+from atomate2_otf.bnn.data import StructureRecord
+from atomate2_otf.bnn.heads import DEFAULT_FORCE_SIGMA_SCALE, ForceNoiseHead
+from atomate2_otf.bnn.likelihood import DEFAULT_STRESS_SIGMA, Targets, log_likelihood
+from atomate2_otf.bnn.prior import TransferPrior, check_sigma_tl
+from atomate2_otf.bnn.sampling import draw_minibatch
+
+if TYPE_CHECKING:
+    from atomate2_otf.models.base import FoundationModel
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class PosteriorConfig:
+    """Settings of the Bayesian model (defaults: the paper's, per model family).
+
+    n_chains: Monte Carlo samples M (paper 8; 4 is the advised minimum).
+    sigma_tl: prior std around the pretrained weights; None takes the family default.
+    energy_sigma: fixed energy std (eV); the on-the-fly Maker sets it to 0.1 K.
+    force_sigma_scale: initial per-atom force std (eV/A) of the noise head.
+    stress_sigma: fixed stress std (eV/A^3).
+    head_hidden: hidden widths of the noise head MLP.
+    calibration_a, calibration_b: Gamma prior of the calibration; None: family default.
+    calibration_ema: None (exact) or a decay in (0, 1) for drifting runs.
+    seed: seeds the head initialisation, the minibatch draws and the SGHMC noise.
+    """
+
+    n_chains: int = 8
+    sigma_tl: float | None = None
+    energy_sigma: float = 0.01
+    force_sigma_scale: float = DEFAULT_FORCE_SIGMA_SCALE
+    stress_sigma: float = DEFAULT_STRESS_SIGMA
+    head_hidden: tuple[int, ...] = (64, 16)
+    calibration_a: float | None = None
+    calibration_b: float | None = None
+    calibration_ema: float | None = None
+    sghmc: sghmc.SGHMCConfig = field(default_factory=sghmc.SGHMCConfig)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sghmc, dict):
+            self.sghmc = sghmc.SGHMCConfig(**self.sghmc)
+        self.head_hidden = tuple(int(h) for h in self.head_hidden)
+        if not isinstance(self.n_chains, int | np.integer) or self.n_chains < 1:
+            raise ValueError(f"n_chains must be an integer >= 1, got {self.n_chains!r}")
+        if self.sigma_tl is not None:
+            check_sigma_tl(self.sigma_tl)
+        for name in ("energy_sigma", "force_sigma_scale", "stress_sigma"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and np.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["sghmc"] = self.sghmc.to_dict()
+        out["head_hidden"] = list(self.head_hidden)
+        return out
+
+
+@dataclass
+class EnsemblePrediction:
+    """Ensemble mean and variance split into epistemic (spread of the M means) and aleatoric
+    (mean of the M predicted noise variances) parts. Energies are in the *reference's*
+    energy zero (the offset is removed); forces eV/A; stress eV/A^3 or None.
+    """
+
+    energy: np.ndarray
+    energy_var_epistemic: np.ndarray
+    energy_var_aleatoric: np.ndarray
+    forces: np.ndarray
+    forces_var_epistemic: np.ndarray
+    forces_var_aleatoric: np.ndarray
+    stress: np.ndarray | None
+    stress_var_epistemic: np.ndarray | None
+    stress_var_aleatoric: np.ndarray | None
+    n_atoms: np.ndarray
+    chain_energies: np.ndarray
+
+    @property
+    def energy_var(self) -> np.ndarray:
+        return self.energy_var_epistemic + self.energy_var_aleatoric
+
+    @property
+    def energy_std(self) -> np.ndarray:
+        return np.sqrt(self.energy_var)
+
+    @property
+    def forces_var(self) -> np.ndarray:
+        return self.forces_var_epistemic + self.forces_var_aleatoric
+
+    def split_atoms(self, values: np.ndarray) -> list[np.ndarray]:
+        """Split a per-atom array [N, ...] of the batch into one array per structure."""
+        return np.split(values, np.cumsum(self.n_atoms)[:-1])
+
+
+def combine_ensemble(means: np.ndarray, variances: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Law of total variance over chains (axis 0): mean, var of means, mean of variances."""
+    return means.mean(0), means.var(0), variances.mean(0)
+
+
+class ParameterSpace:
+    """A flat view of the model's and the head's parameters, in a fixed order.
+
+    Loading a chain is one copy of its vector into the live modules, after which the
+    model runs exactly as usual (the always-correct path for any architecture).
+    """
+
+    def __init__(self, modules: Sequence[torch.nn.Module]) -> None:
+        self.parameters = [p for module in modules for p in module.parameters()]
+        self.size = sum(p.numel() for p in self.parameters)
+
+    def vector(self) -> torch.Tensor:
+        return torch.nn.utils.parameters_to_vector(self.parameters).detach().clone()
+
+    def load(self, vector: torch.Tensor) -> None:
+        with torch.no_grad():
+            torch.nn.utils.vector_to_parameters(vector, self.parameters)
+
+    def flatten(self, tensors: Sequence[torch.Tensor | None]) -> torch.Tensor:
+        return torch.cat([
+            torch.zeros(p.numel(), dtype=p.dtype) if g is None else g.reshape(-1)
+            for p, g in zip(self.parameters, tensors, strict=True)
+        ])
+
+    @contextmanager
+    def frozen(self) -> Iterator[None]:
+        """No parameter gradients inside (inference): saves the backward's weight terms."""
+        flags = [p.requires_grad for p in self.parameters]
+        for p in self.parameters:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p, flag in zip(self.parameters, flags, strict=True):
+                p.requires_grad_(flag)
+
+
+def _fingerprint(vector: torch.Tensor) -> str:
+    """A short hash of the pretrained weights, to refuse a checkpoint on the wrong model."""
+    return hashlib.sha256(vector.detach().to(torch.float32).numpy().tobytes()).hexdigest()[:16]
+
+
+class Posterior:
+    """The Bayesian fine-tuned potential: M chains, a data set, calibration and offset."""
+
+    def __init__(self, model: FoundationModel, config: PosteriorConfig | None = None) -> None:
+        self.model = model
+        self.config = config or PosteriorConfig()
+        defaults = model.defaults
+        self.sigma_tl = self.config.sigma_tl or defaults.sigma_tl
+        self.step_size = self.config.sghmc.step_size or defaults.step_size
+        generator = torch.Generator().manual_seed(self.config.seed)
+        self.head = ForceNoiseHead(model.feature_dim, self.config.head_hidden,
+                                   self.config.force_sigma_scale, generator=generator)
+        self.space = ParameterSpace([model.module, self.head])
+        pretrained = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+        self.fingerprint = _fingerprint(pretrained)
+        self.theta0 = self.space.vector()
+        center = torch.zeros(self.space.size, dtype=self.theta0.dtype)
+        center[: pretrained.numel()] = pretrained
+        self.prior = TransferPrior(center, self.sigma_tl)
+        self.state = sghmc.init(self.theta0.expand(self.config.n_chains, -1).contiguous())
+        self.calibration = GammaCalibration(
+            self.config.calibration_a or defaults.calibration_a,
+            self.config.calibration_b or defaults.calibration_b,
+            ema_decay=self.config.calibration_ema,
+        )
+        self.data: list[StructureRecord] = []
+        self._prepared: list[Any] = []
+        self.energy_offset: float | None = None
+        self.n_updates = 0
+        self.torch_generator = torch.Generator().manual_seed(self.config.seed + 1)
+        self.numpy_rng = np.random.default_rng(self.config.seed + 2)
+
+    # -- data ----------------------------------------------------------------------------
+    @property
+    def n_chains(self) -> int:
+        return self.state.theta.shape[0]
+
+    def check_structure(self, record: StructureRecord) -> None:
+        """Refuse, before any expensive work, a structure the model cannot describe."""
+        self.model.check_elements(record.numbers)
+
+    def add_labels(self, records: Sequence[StructureRecord]) -> None:
+        """Add reference-labelled structures to the data set.
+
+        The first label ever added sets the energy offset E_pred(theta_0, x0) - E_ref(x0)
+        that moves every reference energy to the model's energy zero.
+        """
+        records = list(records)
+        for i, record in enumerate(records):
+            if not record.is_labelled:
+                raise ValueError(f"structure {i} has no reference energy and forces")
+            values = [record.energy, record.forces] + ([record.stress]
+                                                       if record.stress is not None else [])
+            if not all(np.all(np.isfinite(v)) for v in values):
+                raise ValueError(f"structure {i} has a non-finite reference label")
+            self.check_structure(record)
+        if not records:
+            return
+        if self.energy_offset is None:
+            untuned = self.predict_untuned([records[0]])
+            self.energy_offset = float(untuned.energy[0] - records[0].energy)
+        self.data.extend(records)
+        self._prepared.extend(self.model.prepare(r) for r in records)
+
+    # -- evaluation ------------------------------------------------------------------------
+    def _forward(self, batch: Any, compute_stress: bool, create_graph: bool):
+        out = self.model.evaluate(batch, compute_stress=compute_stress, create_graph=create_graph)
+        return out, self.head(out.features)
+
+    def _evaluate_chain(self, theta: torch.Tensor, batch: Any, compute_stress: bool):
+        self.space.load(theta)
+        with self.space.frozen():
+            out, sigma = self._forward(batch, compute_stress, create_graph=False)
+        return (out.energy.detach(), out.forces.detach(), sigma.detach(),
+                None if out.stress is None else out.stress.detach(), out.n_atoms)
+
+    def predict(
+        self, records: Sequence[StructureRecord], compute_stress: bool = False,
+        thetas: torch.Tensor | None = None,
+    ) -> EnsemblePrediction:
+        """Ensemble prediction for one batch of structures (one batched graph per chain)."""
+        records = list(records)
+        for record in records:
+            self.check_structure(record)
+        batch = self.model.collate([self.model.prepare(r) for r in records])
+        thetas = self.state.theta if thetas is None else thetas
+        results = [self._evaluate_chain(theta, batch, compute_stress) for theta in thetas]
+        energies = torch.stack([r[0] for r in results]).double().numpy()
+        forces = torch.stack([r[1] for r in results]).double().numpy()
+        sigmas = torch.stack([r[2] for r in results]).double().numpy()
+        offset = self.energy_offset or 0.0
+        e_mean, e_epi, _ = combine_ensemble(energies, np.zeros_like(energies))
+        e_alea = np.full_like(e_mean, self.config.energy_sigma**2)
+        f_var_alea = np.broadcast_to(sigmas[..., None] ** 2, forces.shape)
+        f_mean, f_epi, f_alea = combine_ensemble(forces, f_var_alea)
+        stress = s_epi = s_alea = None
+        if compute_stress and results[0][3] is not None:
+            stresses = torch.stack([r[3] for r in results]).double().numpy()
+            stress, s_epi, _ = combine_ensemble(stresses, np.zeros_like(stresses))
+            s_alea = np.full_like(stress, self.config.stress_sigma**2)
+        return EnsemblePrediction(
+            energy=e_mean - offset, energy_var_epistemic=e_epi, energy_var_aleatoric=e_alea,
+            forces=f_mean, forces_var_epistemic=f_epi, forces_var_aleatoric=f_alea,
+            stress=stress, stress_var_epistemic=s_epi, stress_var_aleatoric=s_alea,
+            n_atoms=results[0][4].numpy(), chain_energies=energies - offset,
+        )
+
+    def predict_untuned(
+        self, records: Sequence[StructureRecord], compute_stress: bool = False
+    ) -> EnsemblePrediction:
+        """The pretrained model (theta_0) alone, as a one-member ensemble."""
+        return self.predict(records, compute_stress, thetas=self.theta0[None])
+
+    # -- sampling --------------------------------------------------------------------------
+    def _targets(self, indices: np.ndarray) -> Targets:
+        return Targets.from_records([self.data[i] for i in indices], self.energy_offset or 0.0)
+
+    def _chain_gradient(self, theta: torch.Tensor, indices: np.ndarray,
+                        weights: np.ndarray) -> torch.Tensor:
+        """grad of U/N for one chain on one minibatch: prior in closed form + autograd."""
+        self.space.load(theta)
+        batch = self.model.collate([self._prepared[i] for i in indices])
+        targets = self._targets(indices)
+        compute_stress = bool(targets.stress_mask.any())
+        out, sigma = self._forward(batch, compute_stress, create_graph=True)
+        ll = log_likelihood(out.energy, out.forces, sigma, targets,
+                            energy_sigma=self.config.energy_sigma, stress=out.stress,
+                            stress_sigma=self.config.stress_sigma)
+        weights_t = torch.as_tensor(weights, dtype=ll.dtype)
+        loss = -(weights_t * ll).mean()
+        grads = torch.autograd.grad(loss, self.space.parameters, allow_unused=True)
+        n_data = len(self.data)
+        return self.space.flatten(grads) + self.prior.grad_neg_log_prob(theta) / n_data
+
+    def gradient(self, thetas: torch.Tensor, t: int) -> torch.Tensor:
+        """grad U / N for all chains, each on its own priority-sampled minibatch."""
+        batch_size = self.config.sghmc.batch_size
+        grads = []
+        for theta in thetas:
+            indices, weights = draw_minibatch(len(self.data), batch_size, self.numpy_rng)
+            grads.append(self._chain_gradient(theta, indices, weights))
+        return torch.stack(grads)
+
+    def update(self, callback: Callable[[int, sghmc.SGHMCState], None] | None = None,
+               n_steps: int | None = None) -> None:
+        """Continue every chain from its last sample on the current data set (one update)."""
+        if not self.data:
+            raise ValueError("the posterior has no labelled data yet: call add_labels first")
+        config = self.config.sghmc
+        if n_steps is not None:
+            config = sghmc.SGHMCConfig(**{**config.to_dict(), "n_steps": int(n_steps)})
+        sghmc.reset_for_update(self.state, keep_mass=config.keep_mass)
+        sghmc.run(self.state, self.gradient, config, step_size=self.step_size,
+                  n_data=len(self.data), generator=self.torch_generator, callback=callback)
+        self.state.momentum.zero_()
+        self.n_updates += 1
+
+    # -- serialisation --------------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        """A self-contained checkpoint (torch format, loadable with weights_only=True)."""
+        keep_mass = self.config.sghmc.keep_mass
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "model": self.model.spec(),
+            "fingerprint": self.fingerprint,
+            "config": self.config.to_dict(),
+            "theta": self.state.theta.to(torch.float32),
+            "theta0_head": self.theta0[-self._head_size():],
+            "v": self.state.v if keep_mass else None,
+            "v_hat": self.state.v_hat if keep_mass else None,
+            "data": [r.to_dict() for r in self.data],
+            "energy_offset": self.energy_offset,
+            "calibration": self.calibration.to_dict(),
+            "n_updates": self.n_updates,
+            "torch_rng": self.torch_generator.get_state(),
+            "numpy_rng": self.numpy_rng.bit_generator.state,
+        }
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        return buffer.getvalue()
+
+    def _head_size(self) -> int:
+        return sum(p.numel() for p in self.head.parameters())
+
+    @classmethod
+    def from_bytes(cls, blob: bytes, model: FoundationModel | None = None) -> Posterior:
+        """Rebuild a posterior from :meth:`to_bytes`; the model is reloaded by name if not given."""
+        payload = torch.load(io.BytesIO(blob), weights_only=True)
+        if payload.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"unsupported checkpoint format {payload.get('format')!r}; "
+                             f"this version reads format {CHECKPOINT_FORMAT}")
+        if model is None:
+            from atomate2_otf.models.base import load_model
+
+            spec = dict(payload["model"])
+            model = load_model(spec.pop("name"), **spec)
+        posterior = cls(model, PosteriorConfig(**payload["config"]))
+        if posterior.fingerprint != payload["fingerprint"]:
+            raise ValueError(
+                f"checkpoint was made with different pretrained weights of "
+                f"{payload['model']!r} (fingerprint {payload['fingerprint']}, the loaded "
+                f"model has {posterior.fingerprint})"
+            )
+        head_size = posterior._head_size()
+        posterior.theta0[-head_size:] = payload["theta0_head"]
+        theta = payload["theta"].to(posterior.theta0.dtype)
+        posterior.state = sghmc.init(theta)
+        if payload["v"] is not None:
+            posterior.state.v.copy_(payload["v"])
+            posterior.state.v_hat.copy_(payload["v_hat"])
+        records = [StructureRecord.from_dict(d) for d in payload["data"]]
+        posterior.data = records
+        posterior._prepared = [model.prepare(r) for r in records]
+        posterior.energy_offset = payload["energy_offset"]
+        posterior.calibration = GammaCalibration.from_dict(payload["calibration"])
+        posterior.n_updates = int(payload["n_updates"])
+        posterior.torch_generator.set_state(payload["torch_rng"])
+        posterior.numpy_rng.bit_generator.state = payload["numpy_rng"]
+        return posterior

@@ -1,0 +1,177 @@
+"""The small interface every foundation-model family implements, and the model registry.
+
+The Bayesian layer (`atomate2_otf.bnn`) only needs four things from a potential:
+
+1. its trainable parameters (one ``torch.nn.Module``), which the posterior overwrites with
+   each chain's sample before evaluating it;
+2. a way to turn structures into the model's own input once (graphs are expensive to
+   build and the data set is fixed between updates) and to collate several of them into
+   *one batched graph*;
+3. energy, forces and (periodic) stress of a batch, differentiable w.r.t. the parameters
+   when training;
+4. rotation-invariant per-atom features from the same forward pass, for the noise head.
+
+A new family is one module in this package that subclasses :class:`FoundationModel` and
+calls :func:`register_model`.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from atomate2_otf.bnn.data import StructureRecord
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FamilyDefaults:
+    """Per-architecture defaults of the method (METHOD.md sections 2, 3 and 5).
+
+    sigma_tl: std of the transfer-learning prior around the pretrained weights.
+    step_size: SGHMC gamma_0 of the cosine schedule.
+    calibration_a, calibration_b: shape and rate of the Gamma prior on the precision.
+    """
+
+    sigma_tl: float
+    step_size: float
+    calibration_a: float
+    calibration_b: float
+
+
+@dataclass
+class ModelOutput:
+    """One batched evaluation, in eV, eV/A and eV/A^3 (ASE stress sign).
+
+    energy: [B] total energies. forces: [N, 3] for all atoms of the batch, concatenated.
+    stress: [B, 3, 3] or None when not requested. features: [N, F] invariant per-atom
+    features. n_atoms: [B] atoms per structure (long), to split per-atom tensors.
+    """
+
+    energy: torch.Tensor
+    forces: torch.Tensor
+    stress: torch.Tensor | None
+    features: torch.Tensor
+    n_atoms: torch.Tensor
+
+
+class FoundationModel(ABC):
+    """A pretrained potential wrapped for functional, batched, differentiable use."""
+
+    #: registry key of the family, e.g. "chgnet"
+    family: ClassVar[str]
+    #: method defaults for this family
+    defaults: ClassVar[FamilyDefaults]
+
+    def __init__(self, module: torch.nn.Module, name: str) -> None:
+        self.module = module
+        self.name = name
+        for parameter in self.module.parameters():
+            parameter.requires_grad_(True)
+
+    # -- what subclasses provide -------------------------------------------------------
+    @property
+    @abstractmethod
+    def feature_dim(self) -> int:
+        """Width of the per-atom invariant features returned in ``ModelOutput.features``."""
+
+    @property
+    @abstractmethod
+    def supported_numbers(self) -> frozenset[int]:
+        """Atomic numbers the pretrained model was trained on."""
+
+    @abstractmethod
+    def prepare(self, structure: StructureRecord) -> Any:
+        """Convert one structure to the model's own input (graph); cached by callers."""
+
+    @abstractmethod
+    def collate(self, prepared: Sequence[Any]) -> Any:
+        """Join prepared structures into one batched input (never a loop at evaluation)."""
+
+    @abstractmethod
+    def evaluate(
+        self, batch: Any, *, compute_stress: bool = False, create_graph: bool = False
+    ) -> ModelOutput:
+        """Energy, forces (always), stress (if asked) and features of a batch.
+
+        ``create_graph=True`` keeps the graph of the forces so that a loss on them can be
+        differentiated w.r.t. the parameters (training); inference passes False.
+        """
+
+    # -- shared helpers -----------------------------------------------------------------
+    def check_elements(self, numbers: Sequence[int] | np.ndarray) -> None:
+        """Raise ValueError if a structure holds an element the model does not cover."""
+        unknown = sorted(set(int(z) for z in np.asarray(numbers).reshape(-1))
+                         - self.supported_numbers)
+        if unknown:
+            from ase.data import chemical_symbols
+
+            names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in unknown)
+            covered = ", ".join(chemical_symbols[z] for z in sorted(self.supported_numbers))
+            raise ValueError(
+                f"model {self.name!r} does not cover element(s) {names}; "
+                f"it covers: {covered}"
+            )
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """Trainable parameters in a fixed order (the order of the flat vectors)."""
+        return list(self.module.parameters())
+
+    def spec(self) -> dict[str, Any]:
+        """What :func:`load_model` needs to rebuild this model (stored in checkpoints)."""
+        return {"name": self.name}
+
+
+# Built-in names map to "module:factory" so that listing them needs no optional extra;
+# the extra is imported only when that model is asked for.
+_BUILTIN: dict[str, tuple[str, dict[str, Any]]] = {
+    "chgnet": ("atomate2_otf.models.chgnet:load_chgnet", {"version": "0.3.0"}),
+    "chgnet-0.3.0": ("atomate2_otf.models.chgnet:load_chgnet", {"version": "0.3.0"}),
+    "chgnet-0.2.0": ("atomate2_otf.models.chgnet:load_chgnet", {"version": "0.2.0"}),
+    "sevenn-0": ("atomate2_otf.models.sevenn:load_sevenn", {"checkpoint": "7net-0"}),
+}
+_EXTRA_OF_MODULE = {"atomate2_otf.models.sevenn": "sevenn"}
+_REGISTRY: dict[str, Callable[..., FoundationModel]] = {}
+
+
+def register_model(name: str, factory: Callable[..., FoundationModel]) -> None:
+    """Make ``load_model(name, **kwargs)`` build a model with ``factory(**kwargs)``."""
+    _REGISTRY[name] = factory
+
+
+def registered_models() -> list[str]:
+    """Names accepted by :func:`load_model`."""
+    return sorted(set(_BUILTIN) | set(_REGISTRY))
+
+
+def load_model(name: str, **kwargs: Any) -> FoundationModel:
+    """Build a foundation model by registered name (e.g. ``"chgnet"``, ``"sevenn-0"``)."""
+    if name in _REGISTRY:
+        return _REGISTRY[name](**kwargs)
+    if not isinstance(name, str) or name not in _BUILTIN:
+        raise ValueError(
+            f"unknown model name {name!r}; registered models are: "
+            f"{', '.join(registered_models())}"
+        )
+    target, defaults = _BUILTIN[name]
+    module_name, factory_name = target.split(":")
+    import importlib
+
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        extra = _EXTRA_OF_MODULE.get(module_name, "all")
+        raise ImportError(
+            f"model {name!r} needs an optional dependency that is not installed ({err}); "
+            f"install it with: pip install 'atomate2-otf[{extra}]'"
+        ) from err
+    model = getattr(module, factory_name)(**{**defaults, **kwargs})
+    model.name = name
+    return model

@@ -1,0 +1,149 @@
+"""The posterior's bookkeeping on a tiny pair potential (fast; real models: tests/models)."""
+
+import numpy as np
+import pytest
+import torch
+
+from atomate2_otf.bnn.data import StructureRecord
+from atomate2_otf.bnn.posterior import Posterior, PosteriorConfig, combine_ensemble
+from atomate2_otf.bnn.sghmc import SGHMCConfig
+from tests.toy_model import ToyModel
+
+
+def molecules(n, seed=0, n_atoms=5):
+    rng = np.random.default_rng(seed)
+    base = np.array([[0, 0, 0], [1.1, 0, 0], [0, 1.2, 0], [0, 0, 1.3], [1.0, 1.0, 1.0]])
+    return [StructureRecord(numbers=[6, 1, 1, 8, 1][:n_atoms],
+                            positions=base[:n_atoms] + rng.normal(scale=0.1, size=(n_atoms, 3)))
+            for _ in range(n)]
+
+
+def labelled(records, shift=0.3):
+    """Labels from a 'true' potential: the toy model with perturbed weights."""
+    truth = ToyModel()
+    with torch.no_grad():
+        for p in truth.module.parameters():
+            p.add_(shift * torch.sign(p))
+    out = truth.evaluate(truth.collate([truth.prepare(r) for r in records]))
+    forces = np.split(out.forces.numpy(), np.cumsum(out.n_atoms.numpy())[:-1])
+    return [StructureRecord(r.numbers, r.positions, energy=float(e) - 3.0, forces=f)
+            for r, e, f in zip(records, out.energy.numpy(), forces, strict=True)]
+
+
+def small_config(**kwargs):
+    sg = SGHMCConfig(n_steps=60, burn_in=20, ramp=10, batch_size=3, step_size=3e-3)
+    return PosteriorConfig(n_chains=4, energy_sigma=0.05, sghmc=sg, seed=5, **kwargs)
+
+
+@pytest.fixture()
+def trained():
+    post = Posterior(ToyModel(), small_config())
+    post.add_labels(labelled(molecules(6)))
+    post.update()
+    return post
+
+
+def test_variance_is_var_of_means_plus_mean_of_variances():
+    rng = np.random.default_rng(0)
+    means, variances = rng.normal(size=(8, 11, 3)), rng.uniform(size=(8, 11, 3))
+    mean, epi, alea = combine_ensemble(means, variances)
+    total = epi + alea
+    # law of total variance against a brute-force mixture computed with numpy
+    second_moment = (variances + means**2).mean(0)
+    np.testing.assert_allclose(total, second_moment - means.mean(0) ** 2, atol=1e-12)
+    np.testing.assert_allclose(epi, np.var(means, axis=0), atol=1e-12)
+    np.testing.assert_allclose(alea, np.mean(variances, axis=0), atol=1e-12)
+    np.testing.assert_allclose(mean, np.mean(means, axis=0), atol=1e-12)
+
+
+def test_prediction_splits_epistemic_and_aleatoric(trained):
+    test = molecules(3, seed=9)
+    pred = trained.predict(test)
+    per_chain_f, per_chain_sigma = [], []
+    for theta in trained.state.theta:
+        trained.space.load(theta)
+        out = trained.model.evaluate(trained.model.collate([trained.model.prepare(r)
+                                                            for r in test]))
+        per_chain_f.append(out.forces.detach().double().numpy())
+        per_chain_sigma.append(trained.head(out.features).detach().double().numpy())
+    f, s = np.array(per_chain_f), np.array(per_chain_sigma)
+    np.testing.assert_allclose(pred.forces, f.mean(0), atol=1e-6)
+    np.testing.assert_allclose(pred.forces_var_epistemic, f.var(0), atol=1e-8)
+    np.testing.assert_allclose(pred.forces_var_aleatoric,
+                               np.broadcast_to((s**2).mean(0)[:, None], f.shape[1:]),
+                               rtol=1e-5)
+    assert pred.energy_var_epistemic.min() > 0  # chains differ after sampling
+    np.testing.assert_allclose(pred.energy_var_aleatoric, 0.05**2)
+    np.testing.assert_allclose(pred.energy_var,
+                               pred.energy_var_epistemic + pred.energy_var_aleatoric)
+    assert [len(x) for x in pred.split_atoms(pred.forces)] == [5, 5, 5]
+
+
+def test_offset_from_first_label_and_training_reduces_error():
+    config = small_config()
+    config.sghmc.step_size = 1e-2
+    post = Posterior(ToyModel(), config)
+    data = labelled(molecules(8))
+    untuned = post.predict_untuned(data[:1])
+    post.add_labels(data[:6])
+    assert post.energy_offset == pytest.approx(untuned.energy[0] - data[0].energy, abs=1e-5)
+    held_out = data[6:]
+    before = post.predict(held_out)
+    truth_f = np.concatenate([r.forces for r in held_out])
+    err_before = np.sqrt(np.mean((before.forces - truth_f) ** 2))
+    post.update(n_steps=300)
+    after = post.predict(held_out)
+    err_after = np.sqrt(np.mean((after.forces - truth_f) ** 2))
+    assert err_after < 0.5 * err_before, (err_before, err_after)
+    assert post.n_updates == 1
+
+
+def test_round_trip_predicts_and_continues_identically(trained):
+    blob = trained.to_bytes()
+    loaded = Posterior.from_bytes(blob, model=ToyModel())
+    test = molecules(2, seed=4)
+    a, b = trained.predict(test), loaded.predict(test)
+    np.testing.assert_allclose(a.energy, b.energy, atol=1e-6)
+    np.testing.assert_allclose(a.forces, b.forces, atol=1e-6)
+    np.testing.assert_allclose(a.forces_var, b.forces_var, atol=1e-6)
+    assert loaded.energy_offset == trained.energy_offset
+    assert loaded.calibration == trained.calibration
+    more = labelled(molecules(2, seed=11))
+    for post in (trained, loaded):
+        post.add_labels(more)
+        post.update()
+    np.testing.assert_allclose(trained.state.theta.numpy(), loaded.state.theta.numpy(),
+                               atol=1e-6)
+    assert np.abs(trained.state.theta.numpy() - Posterior.from_bytes(
+        blob, model=ToyModel()).state.theta.numpy()).max() > 1e-4  # sampling moved on
+
+
+def test_checkpoint_refuses_other_weights(trained):
+    other = ToyModel()
+    with torch.no_grad():
+        next(other.module.parameters()).add_(1.0)
+    with pytest.raises(ValueError, match="different pretrained weights"):
+        Posterior.from_bytes(trained.to_bytes(), model=other)
+
+
+@pytest.mark.parametrize("kwargs, word", [
+    ({"n_chains": 0}, "n_chains"), ({"sigma_tl": 0.0}, "sigma_TL"),
+    ({"sigma_tl": -1.0}, "sigma_TL"), ({"energy_sigma": 0.0}, "energy_sigma"),
+])
+def test_bad_config(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        PosteriorConfig(**kwargs)
+
+
+def test_unsupported_element_rejected_before_work():
+    post = Posterior(ToyModel(), small_config())
+    bad = StructureRecord(numbers=[6, 92], positions=[[0, 0, 0], [1.5, 0, 0]], energy=0.0,
+                          forces=np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"U \(Z=92\).*covers: H, C, O, Cu"):
+        post.add_labels([bad])
+    assert post.data == [] and post.energy_offset is None
+
+
+def test_update_without_data_is_an_error():
+    with pytest.raises(ValueError, match="no labelled data"):
+        Posterior(ToyModel(), small_config()).update()

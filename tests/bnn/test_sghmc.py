@@ -1,0 +1,121 @@
+"""SGHMC must sample the posterior it targets: checked on Bayesian linear regression."""
+
+import numpy as np
+import pytest
+import torch
+
+from atomate2_otf.bnn import sghmc
+from atomate2_otf.bnn.prior import TransferPrior
+from atomate2_otf.bnn.sampling import draw_minibatch
+
+N, D, NOISE, SIGMA_PRIOR = 40, 3, 0.5, 1.0
+
+
+@pytest.fixture(scope="module")
+def problem():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(N, D))
+    y = x @ np.array([1.0, -2.0, 0.5]) + NOISE * rng.normal(size=N)
+    w0 = np.array([0.3, 0.0, -0.2])  # prior centre: the "pretrained" weights
+    precision = np.eye(D) / SIGMA_PRIOR**2 + x.T @ x / NOISE**2
+    cov = np.linalg.inv(precision)
+    mean = cov @ (w0 / SIGMA_PRIOR**2 + x.T @ y / NOISE**2)
+    return x, y, w0, mean, cov
+
+
+def make_grad_fn(problem, batch_size, seed=1):
+    x, y, w0, _, _ = problem
+    xt, yt = torch.tensor(x), torch.tensor(y)
+    prior = TransferPrior(torch.tensor(w0), SIGMA_PRIOR)
+    rng = np.random.default_rng(seed)
+
+    def grad_fn(theta, t):
+        idx, w = draw_minibatch(N, batch_size, rng)
+        xb, yb, wt = xt[idx], yt[idx], torch.tensor(w)
+        resid = yb[None, :] - theta @ xb.T
+        grad_lik = -((wt * resid)[..., None] * xb[None]).mean(1) / NOISE**2
+        return prior.grad_neg_log_prob(theta) / N + grad_lik
+
+    return grad_fn
+
+
+def pooled_samples(problem, batch_size, n_steps=20_000, step_size=1e-2, seed=1):
+    state = sghmc.init(torch.zeros(8, D, dtype=torch.float64))
+    config = sghmc.SGHMCConfig(n_steps=n_steps, burn_in=0, ramp=0, schedule="constant",
+                               batch_size=batch_size)
+    samples = []
+
+    def keep(t, st):
+        if t > n_steps // 5 and t % 10 == 0:
+            samples.append(st.theta.clone())
+
+    sghmc.run(state, make_grad_fn(problem, batch_size, seed), config, step_size=step_size,
+              n_data=N, generator=torch.Generator().manual_seed(seed), callback=keep)
+    return torch.cat(samples).numpy()
+
+
+@pytest.mark.parametrize("batch_size", [N, 10])
+def test_pooled_chains_match_analytic_posterior(problem, batch_size):
+    _, _, _, mean, cov = problem
+    samples = pooled_samples(problem, batch_size)
+    std = np.sqrt(np.diag(cov))
+    assert np.all(np.abs(samples.mean(0) - mean) < 0.1 * std), (samples.mean(0) - mean) / std
+    ratio = samples.var(0) / np.diag(cov)
+    assert np.all(np.abs(ratio - 1) < 0.2), ratio
+
+
+def test_too_hot_would_fail(problem):
+    """A sampler at the wrong temperature must fail the same variance check."""
+    _, _, _, _, cov = problem
+    grad_fn = make_grad_fn(problem, N)
+    state = sghmc.init(torch.zeros(8, D, dtype=torch.float64))
+    samples = []
+    gen = torch.Generator().manual_seed(0)
+    for t in range(8000):
+        sghmc.step(state, grad_fn(state.theta, t), step_size=1e-2, temp=2.0, n_data=N,
+                   friction=0.1, beta=0.999, eps=1e-4, generator=gen)
+        if t > 2000 and t % 10 == 0:
+            samples.append(state.theta.clone())
+    ratio = torch.cat(samples).numpy().var(0) / np.diag(cov)
+    assert np.all(ratio > 1.5)
+
+
+def test_without_noise_converges_to_map(problem):
+    _, _, _, mean, _ = problem
+    state = sghmc.init(torch.zeros(4, D, dtype=torch.float64))
+    config = sghmc.SGHMCConfig(n_steps=5000, burn_in=5000, batch_size=N, schedule="constant")
+    sghmc.run(state, make_grad_fn(problem, N), config, step_size=1e-2, n_data=N)
+    np.testing.assert_allclose(state.theta.numpy(), np.broadcast_to(mean, (4, D)), atol=1e-6)
+
+
+def test_schedules():
+    assert sghmc.cosine_step_size(0, 100, 1e-3) == pytest.approx(1e-3 + 1e-8)
+    assert sghmc.cosine_step_size(50, 100, 1e-3) == pytest.approx(0.5e-3 + 1e-8)
+    assert sghmc.cosine_step_size(100, 100, 1e-3) == pytest.approx(1e-8)
+    assert sghmc.temperature(399, 400, 100) == 0.0
+    assert sghmc.temperature(400, 400, 100) == pytest.approx(0.01)
+    assert sghmc.temperature(449, 400, 100) == pytest.approx(0.5)
+    assert sghmc.temperature(499, 400, 100) == 1.0
+    assert sghmc.temperature(10_000, 400, 100) == 1.0
+
+
+def test_reset_for_update():
+    state = sghmc.init(torch.zeros(2, 3))
+    state.momentum += 1
+    state.v += 1
+    state.v_hat += 1
+    state.t = 7
+    sghmc.reset_for_update(state, keep_mass=True)
+    assert state.t == 0 and state.momentum.abs().sum() == 0 and state.v_hat.sum() == 6
+    sghmc.reset_for_update(state, keep_mass=False)
+    assert state.v.sum() == 0 and state.v_hat.sum() == 0
+
+
+@pytest.mark.parametrize("kwargs, word", [
+    ({"n_steps": 0}, "n_steps"), ({"friction": 0.0}, "friction"),
+    ({"step_size": -1.0}, "step_size"), ({"batch_size": 0}, "batch_size"),
+    ({"schedule": "linear"}, "schedule"),
+])
+def test_bad_config(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        sghmc.SGHMCConfig(**kwargs)

@@ -161,6 +161,26 @@ class ParameterSpace:
                 p.requires_grad_(flag)
 
 
+@dataclass
+class ChainRNG:
+    """One chain's random streams: numpy for minibatch draws, torch for SGHMC noise."""
+
+    numpy: np.random.Generator
+    torch: torch.Generator
+
+    @classmethod
+    def from_seed(cls, seed_sequence: np.random.SeedSequence) -> ChainRNG:
+        torch_seed = int(seed_sequence.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+        return cls(np.random.default_rng(seed_sequence), torch.Generator().manual_seed(torch_seed))
+
+    def get_state(self) -> dict[str, Any]:
+        return {"numpy": self.numpy.bit_generator.state, "torch": self.torch.get_state()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.numpy.bit_generator.state = state["numpy"]
+        self.torch.set_state(state["torch"])
+
+
 def _fingerprint(vector: torch.Tensor) -> str:
     """A short hash of the pretrained weights, to refuse a checkpoint on the wrong model."""
     return hashlib.sha256(vector.detach().to(torch.float32).numpy().tobytes()).hexdigest()[:16]
@@ -195,8 +215,8 @@ class Posterior:
         self._prepared: list[Any] = []
         self.energy_offset: float | None = None
         self.n_updates = 0
-        self.torch_generator = torch.Generator().manual_seed(self.config.seed + 1)
-        self.numpy_rng = np.random.default_rng(self.config.seed + 2)
+        self.rngs = [ChainRNG.from_seed(seq) for seq in
+                     np.random.SeedSequence(self.config.seed).spawn(self.config.n_chains)]
 
     # -- data ----------------------------------------------------------------------------
     @property
@@ -300,27 +320,42 @@ class Posterior:
         n_data = len(self.data)
         return self.space.flatten(grads) + self.prior.grad_neg_log_prob(theta) / n_data
 
-    def gradient(self, thetas: torch.Tensor, t: int) -> torch.Tensor:
-        """grad U / N for all chains, each on its own priority-sampled minibatch."""
-        batch_size = self.config.sghmc.batch_size
-        grads = []
-        for theta in thetas:
-            indices, weights = draw_minibatch(len(self.data), batch_size, self.numpy_rng)
-            grads.append(self._chain_gradient(theta, indices, weights))
-        return torch.stack(grads)
+    def chain_state(self, chain: int) -> sghmc.SGHMCState:
+        """A [1, P] view of one chain's sampler state (writes go to the stacked state)."""
+        s, m = self.state, slice(chain, chain + 1)
+        return sghmc.SGHMCState(s.theta[m], s.momentum[m], s.v[m], s.v_hat[m], s.t)
 
-    def update(self, callback: Callable[[int, sghmc.SGHMCState], None] | None = None,
+    def run_chain(self, chain: int, config: sghmc.SGHMCConfig,
+                  callback: Callable[[int, int], None] | None = None) -> None:
+        """One update of one chain. Chains share nothing but the data, and each draws from
+        its own random streams, so running them in any order or process gives the same
+        samples."""
+        rng = self.rngs[chain]
+        batch_size = config.batch_size
+
+        def grad_fn(thetas: torch.Tensor, t: int) -> torch.Tensor:
+            indices, weights = draw_minibatch(len(self.data), batch_size, rng.numpy)
+            return self._chain_gradient(thetas[0], indices, weights)[None]
+
+        state = sghmc.reset_for_update(self.chain_state(chain), keep_mass=config.keep_mass)
+        step_callback = None if callback is None else (lambda t, _: callback(chain, t))
+        sghmc.run(state, grad_fn, config, step_size=self.step_size, n_data=len(self.data),
+                  generator=rng.torch, callback=step_callback)
+        state.momentum.zero_()
+
+    def update(self, callback: Callable[[int, int], None] | None = None,
                n_steps: int | None = None) -> None:
-        """Continue every chain from its last sample on the current data set (one update)."""
+        """Continue every chain from its last sample on the current data set (one update).
+
+        ``callback(chain, step)`` is called after every SGHMC step (progress bars).
+        """
         if not self.data:
             raise ValueError("the posterior has no labelled data yet: call add_labels first")
         config = self.config.sghmc
         if n_steps is not None:
             config = sghmc.SGHMCConfig(**{**config.to_dict(), "n_steps": int(n_steps)})
-        sghmc.reset_for_update(self.state, keep_mass=config.keep_mass)
-        sghmc.run(self.state, self.gradient, config, step_size=self.step_size,
-                  n_data=len(self.data), generator=self.torch_generator, callback=callback)
-        self.state.momentum.zero_()
+        for chain in range(self.n_chains):
+            self.run_chain(chain, config, callback)
         self.n_updates += 1
 
     # -- serialisation --------------------------------------------------------------------
@@ -340,8 +375,7 @@ class Posterior:
             "energy_offset": self.energy_offset,
             "calibration": self.calibration.to_dict(),
             "n_updates": self.n_updates,
-            "torch_rng": self.torch_generator.get_state(),
-            "numpy_rng": self.numpy_rng.bit_generator.state,
+            "rngs": [rng.get_state() for rng in self.rngs],
         }
         buffer = io.BytesIO()
         torch.save(payload, buffer)
@@ -382,6 +416,6 @@ class Posterior:
         posterior.energy_offset = payload["energy_offset"]
         posterior.calibration = GammaCalibration.from_dict(payload["calibration"])
         posterior.n_updates = int(payload["n_updates"])
-        posterior.torch_generator.set_state(payload["torch_rng"])
-        posterior.numpy_rng.bit_generator.state = payload["numpy_rng"]
+        for rng, state in zip(posterior.rngs, payload["rngs"], strict=True):
+            rng.set_state(state)
         return posterior

@@ -120,8 +120,7 @@ def test_round_trip_predicts_and_continues_identically(trained):
 
 def test_checkpoint_refuses_other_weights(trained):
     other = ToyModel()
-    with torch.no_grad():
-        next(other.module.parameters()).add_(1.0)
+    other.pretrained[0] += 1.0  # as if other weights had been loaded
     with pytest.raises(ValueError, match="different pretrained weights"):
         Posterior.from_bytes(trained.to_bytes(), model=other)
 
@@ -147,3 +146,26 @@ def test_unsupported_element_rejected_before_work():
 def test_update_without_data_is_an_error():
     with pytest.raises(ValueError, match="no labelled data"):
         Posterior(ToyModel(), small_config()).update()
+
+
+def test_pool_update_equals_serial_update():
+    from atomate2_otf.bnn.parallel import ChainPool
+
+    data = labelled(molecules(6))
+    serial, pooled = (Posterior(ToyModel(), small_config()) for _ in range(2))
+    for post in (serial, pooled):
+        post.add_labels(data)
+    serial.update()
+    steps = []
+    with ChainPool(ToyModel(), n_workers=2) as pool:
+        pooled.update(pool=pool, callback=lambda chain, t: steps.append((chain, t)))
+        assert pooled.n_updates == 1
+        np.testing.assert_allclose(pooled.state.theta.numpy(), serial.state.theta.numpy(),
+                                   atol=1e-5)
+        # and the random streams moved on identically: a second update still agrees
+        serial.update()
+        pooled.update(pool=pool)
+    np.testing.assert_allclose(pooled.state.theta.numpy(), serial.state.theta.numpy(),
+                               atol=1e-5)
+    assert {chain for chain, _ in steps} == set(range(4))
+    assert max(t for _, t in steps) == 59

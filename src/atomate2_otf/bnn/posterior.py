@@ -29,6 +29,7 @@ from atomate2_otf.bnn.prior import TransferPrior, check_sigma_tl
 from atomate2_otf.bnn.sampling import draw_minibatch
 
 if TYPE_CHECKING:
+    from atomate2_otf.bnn.parallel import ChainPool
     from atomate2_otf.models.base import FoundationModel
 
 logger = logging.getLogger(__name__)
@@ -199,9 +200,9 @@ class Posterior:
         self.head = ForceNoiseHead(model.feature_dim, self.config.head_hidden,
                                    self.config.force_sigma_scale, generator=generator)
         self.space = ParameterSpace([model.module, self.head])
-        pretrained = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+        pretrained = model.pretrained
         self.fingerprint = _fingerprint(pretrained)
-        self.theta0 = self.space.vector()
+        self.theta0 = torch.cat([pretrained, ParameterSpace([self.head]).vector()])
         center = torch.zeros(self.space.size, dtype=self.theta0.dtype)
         center[: pretrained.numel()] = pretrained
         self.prior = TransferPrior(center, self.sigma_tl)
@@ -344,18 +345,23 @@ class Posterior:
         state.momentum.zero_()
 
     def update(self, callback: Callable[[int, int], None] | None = None,
-               n_steps: int | None = None) -> None:
+               n_steps: int | None = None, pool: ChainPool | None = None) -> None:
         """Continue every chain from its last sample on the current data set (one update).
 
-        ``callback(chain, step)`` is called after every SGHMC step (progress bars).
+        ``callback(chain, step)`` reports progress (every step serially, every few steps
+        from a pool). With a :class:`~atomate2_otf.bnn.parallel.ChainPool` the chains run in
+        its worker processes; the samples are the same as in the serial loop.
         """
         if not self.data:
             raise ValueError("the posterior has no labelled data yet: call add_labels first")
         config = self.config.sghmc
         if n_steps is not None:
             config = sghmc.SGHMCConfig(**{**config.to_dict(), "n_steps": int(n_steps)})
-        for chain in range(self.n_chains):
-            self.run_chain(chain, config, callback)
+        if pool is not None:
+            pool.update(self, config, callback)
+        else:
+            for chain in range(self.n_chains):
+                self.run_chain(chain, config, callback)
         self.n_updates += 1
 
     # -- serialisation --------------------------------------------------------------------

@@ -75,6 +75,10 @@ class FoundationModel(ABC):
         self.name = name
         for parameter in self.module.parameters():
             parameter.requires_grad_(True)
+        # The posterior overwrites the live parameters with each chain's sample; the prior
+        # centre must not depend on which chain ran last, so keep the pretrained copy.
+        self.pretrained = torch.nn.utils.parameters_to_vector(
+            self.module.parameters()).detach().clone()
 
     # -- what subclasses provide -------------------------------------------------------
     @property

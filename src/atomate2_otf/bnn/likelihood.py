@@ -72,7 +72,10 @@ def log_likelihood(
     ll_forces = torch.zeros_like(ll_energy).index_add(0, owners, per_atom)
     total = ll_energy + ll_forces
     if stress is not None and bool(targets.stress_mask.any()):
-        diff = (stress - targets.stress)[:, _VOIGT[0], _VOIGT[1]]
-        ll_stress = -0.5 * (diff / stress_sigma) ** 2 - math.log(stress_sigma)
-        total = total + torch.where(targets.stress_mask, ll_stress.sum(-1), 0.0)
+        # index, not torch.where: a molecule's stress may be inf/NaN, and where() would
+        # still send NaN gradients through the masked branch
+        rows = torch.nonzero(targets.stress_mask).squeeze(-1)
+        diff = (stress[rows] - targets.stress[rows])[:, _VOIGT[0], _VOIGT[1]]
+        ll_stress = (-0.5 * (diff / stress_sigma) ** 2 - math.log(stress_sigma)).sum(-1)
+        total = total.index_add(0, rows, ll_stress)
     return total

@@ -162,9 +162,18 @@ def test_pool_update_equals_serial_update():
         assert pooled.n_updates == 1
         np.testing.assert_allclose(pooled.state.theta.numpy(), serial.state.theta.numpy(),
                                    atol=1e-5)
+        test = molecules(2, seed=3)
+        a, b = serial.predict(test), pooled.predict(test, pool=pool)
+        np.testing.assert_allclose(b.energy, a.energy, atol=1e-5)
+        np.testing.assert_allclose(b.forces_var, a.forces_var, rtol=1e-4, atol=1e-9)
         # and the random streams moved on identically: a second update still agrees
         serial.update()
         pooled.update(pool=pool)
+        # a serial update makes the workers' copies stale: they must be re-synced
+        for post in (serial, pooled):
+            post.update()
+        np.testing.assert_allclose(pooled.predict(test, pool=pool).forces,
+                                   serial.predict(test).forces, atol=1e-5)
     np.testing.assert_allclose(pooled.state.theta.numpy(), serial.state.theta.numpy(),
                                atol=1e-5)
     assert {chain for chain, _ in steps} == set(range(4))

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from atomate2_otf.bnn.posterior import Posterior
+    from atomate2_otf.bnn.data import StructureRecord
+    from atomate2_otf.bnn.posterior import ChainOutput, Posterior
     from atomate2_otf.bnn.sghmc import SGHMCConfig
     from atomate2_otf.models.base import FoundationModel
 
@@ -31,31 +32,40 @@ _PROGRESS_EVERY = 25
 
 
 def _worker_main(model: FoundationModel, threads: int, tasks: Any, results: Any) -> None:
-    """Worker loop: rebuild the posterior from bytes, run the chains it is given."""
+    """Worker loop: keep a replica posterior; run updates and predictions of its chains."""
     from atomate2_otf.bnn.posterior import Posterior
     from atomate2_otf.bnn.sghmc import SGHMCConfig
 
     torch.set_num_threads(threads)
+    replica: Posterior | None = None
     while True:
         message = tasks.get()
         if message is None:
             return
-        token, blob, chains, config_dict = message
+        kind, token, blob, chains, payload = message
         try:
-            posterior = Posterior.from_bytes(blob, model=model)
-            config = SGHMCConfig(**config_dict)
+            if blob is not None:
+                replica = Posterior.from_bytes(blob, model=model)
+            assert replica is not None, "a worker got a task before any posterior"
+            if kind == "update":
+                config = SGHMCConfig(**payload)
 
-            def progress(chain: int, t: int) -> None:
-                if (t + 1) % _PROGRESS_EVERY == 0 or t + 1 == config.n_steps:
-                    results.put((token, "progress", chain, t))
+                def progress(chain: int, t: int) -> None:
+                    if (t + 1) % _PROGRESS_EVERY == 0 or t + 1 == config.n_steps:
+                        results.put((token, "progress", (chain, t)))
 
-            for chain in chains:
-                posterior.run_chain(chain, config, progress)
-                results.put((token, "chain", chain, posterior.state.theta[chain].clone(),
-                             posterior.state.v[chain].clone(),
-                             posterior.state.v_hat[chain].clone(),
-                             posterior.rngs[chain].get_state()))
-        except Exception as err:  # report, keep the worker alive for the next update
+                for chain in chains:
+                    replica.run_chain(chain, config, progress)
+                    state = replica.state
+                    results.put((token, "chain", (
+                        chain, state.theta[chain].clone(), state.v[chain].clone(),
+                        state.v_hat[chain].clone(), replica.rngs[chain].get_state())))
+            elif kind == "predict":
+                records, compute_stress = payload
+                outputs = replica.chain_outputs(records, compute_stress,
+                                                replica.state.theta[chains])
+                results.put((token, "outputs", list(zip(chains, outputs, strict=True))))
+        except Exception as err:  # report; the worker stays alive for the next task
             logger.exception("chain worker failed")
             results.put((token, "error", repr(err)))
 
@@ -89,39 +99,63 @@ class ChainPool:
         for worker in self._workers:
             worker.start()
         self._token = 0
+        self._synced: list[tuple[str, int] | None] = [None] * len(self._workers)
 
     @property
     def n_workers(self) -> int:
         return len(self._workers)
 
-    def update(self, posterior: Posterior, config: SGHMCConfig,
-               callback: Callable[[int, int], None] | None = None) -> None:
-        """Run one update of every chain of ``posterior`` in the workers, in place."""
+    def _assignment(self, n_chains: int) -> list[list[int]]:
+        """Chains of each worker; the same for updates and predictions."""
+        return [list(range(w, n_chains, self.n_workers)) for w in range(self.n_workers)]
+
+    def _send(self, kind: str, posterior: Posterior, payload: Any) -> tuple[int, int]:
+        """Send a task to every worker that owns chains; the posterior only if stale."""
         self._token += 1
-        blob = posterior.to_bytes()
-        n_chains = posterior.n_chains
-        assignment = [list(range(w, n_chains, self.n_workers)) for w in range(self.n_workers)]
-        for q, chains in zip(self._tasks, assignment, strict=True):
-            if chains:
-                q.put((self._token, blob, chains, config.to_dict()))
-        pending = set(range(n_chains))
-        while pending:
+        key = (posterior.uid, posterior.revision)
+        blob = None
+        n_tasks = 0
+        for w, chains in enumerate(self._assignment(posterior.n_chains)):
+            if not chains:
+                continue
+            if kind == "update" or self._synced[w] != key:
+                blob = blob or posterior.to_bytes()
+                worker_blob = blob
+            else:
+                worker_blob = None
+            self._tasks[w].put((kind, self._token, worker_blob, chains, payload))
+            self._synced[w] = key
+            n_tasks += 1
+        return self._token, n_tasks
+
+    def _receive(self, token: int) -> tuple[str, Any]:
+        """Next message of the current task; raise if a worker failed or died."""
+        while True:
             try:
-                message = self._results.get(timeout=5.0)
+                message_token, kind, body = self._results.get(timeout=5.0)
             except queue.Empty:
                 dead = [w.pid for w in self._workers if not w.is_alive()]
                 if dead:
-                    raise RuntimeError(f"chain worker process(es) {dead} died during an "
-                                       f"update; chains {sorted(pending)} did not finish")
+                    self._synced = [None] * self.n_workers
+                    raise RuntimeError(f"chain worker process(es) {dead} died") from None
                 continue
-            token, kind, *body = message
-            if token != self._token:  # left over from an update that failed earlier
+            if message_token != token:  # left over from a task that failed earlier
                 continue
             if kind == "error":
-                raise RuntimeError(f"a chain worker failed: {body[0]}")
+                self._synced = [None] * self.n_workers
+                raise RuntimeError(f"a chain worker failed: {body}")
+            return kind, body
+
+    def update(self, posterior: Posterior, config: SGHMCConfig,
+               callback: Callable[[int, int], None] | None = None) -> None:
+        """Run one update of every chain of ``posterior`` in the workers, in place."""
+        token, _ = self._send("update", posterior, config.to_dict())
+        pending = set(range(posterior.n_chains))
+        while pending:
+            kind, body = self._receive(token)
             if kind == "progress":
                 if callback is not None:
-                    callback(body[0], body[1])
+                    callback(*body)
                 continue
             chain, theta, v, v_hat, rng_state = body
             posterior.state.theta[chain].copy_(theta)
@@ -129,6 +163,16 @@ class ChainPool:
             posterior.state.v_hat[chain].copy_(v_hat)
             posterior.rngs[chain].set_state(rng_state)
             pending.discard(chain)
+
+    def chain_outputs(self, posterior: Posterior, records: list[StructureRecord],
+                      compute_stress: bool) -> list[ChainOutput]:
+        """Per-chain predictions computed in the workers, in chain order."""
+        token, n_tasks = self._send("predict", posterior, (records, compute_stress))
+        outputs: dict[int, ChainOutput] = {}
+        for _ in range(n_tasks):
+            _, body = self._receive(token)
+            outputs.update(body)
+        return [outputs[chain] for chain in range(posterior.n_chains)]
 
     def close(self) -> None:
         """Stop the workers (also done at interpreter exit: they are daemons)."""

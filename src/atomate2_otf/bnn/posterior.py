@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import uuid
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -120,6 +121,17 @@ class EnsemblePrediction:
         return np.split(values, np.cumsum(self.n_atoms)[:-1])
 
 
+@dataclass
+class ChainOutput:
+    """One chain's raw prediction for a batch (model energy zero), as numpy float64."""
+
+    energy: np.ndarray
+    forces: np.ndarray
+    force_sigma: np.ndarray
+    stress: np.ndarray | None
+    n_atoms: np.ndarray
+
+
 def combine_ensemble(means: np.ndarray, variances: np.ndarray) -> tuple[np.ndarray, ...]:
     """Law of total variance over chains (axis 0): mean, var of means, mean of variances."""
     return means.mean(0), means.var(0), variances.mean(0)
@@ -216,6 +228,9 @@ class Posterior:
         self._prepared: list[Any] = []
         self.energy_offset: float | None = None
         self.n_updates = 0
+        #: identifies this object and the version of its chains (pool workers cache them)
+        self.uid = uuid.uuid4().hex
+        self.revision = 0
         self.rngs = [ChainRNG.from_seed(seq) for seq in
                      np.random.SeedSequence(self.config.seed).spawn(self.config.n_chains)]
 
@@ -256,43 +271,65 @@ class Posterior:
         out = self.model.evaluate(batch, compute_stress=compute_stress, create_graph=create_graph)
         return out, self.head(out.features)
 
-    def _evaluate_chain(self, theta: torch.Tensor, batch: Any, compute_stress: bool):
-        self.space.load(theta)
-        with self.space.frozen():
-            out, sigma = self._forward(batch, compute_stress, create_graph=False)
-        return (out.energy.detach(), out.forces.detach(), sigma.detach(),
-                None if out.stress is None else out.stress.detach(), out.n_atoms)
-
-    def predict(
+    def chain_outputs(
         self, records: Sequence[StructureRecord], compute_stress: bool = False,
         thetas: torch.Tensor | None = None,
-    ) -> EnsemblePrediction:
-        """Ensemble prediction for one batch of structures (one batched graph per chain)."""
-        records = list(records)
-        for record in records:
-            self.check_structure(record)
+    ) -> list[ChainOutput]:
+        """Raw per-chain predictions (model energy zero) for one batch of structures.
+
+        The batch is prepared and collated once and evaluated with each chain's parameters.
+        """
         batch = self.model.collate([self.model.prepare(r) for r in records])
-        thetas = self.state.theta if thetas is None else thetas
-        results = [self._evaluate_chain(theta, batch, compute_stress) for theta in thetas]
-        energies = torch.stack([r[0] for r in results]).double().numpy()
-        forces = torch.stack([r[1] for r in results]).double().numpy()
-        sigmas = torch.stack([r[2] for r in results]).double().numpy()
+        outputs = []
+        for theta in (self.state.theta if thetas is None else thetas):
+            self.space.load(theta)
+            with self.space.frozen():
+                out, sigma = self._forward(batch, compute_stress, create_graph=False)
+            outputs.append(ChainOutput(
+                energy=out.energy.detach().double().numpy(),
+                forces=out.forces.detach().double().numpy(),
+                force_sigma=sigma.detach().double().numpy(),
+                stress=None if out.stress is None else out.stress.detach().double().numpy(),
+                n_atoms=out.n_atoms.numpy()))
+        return outputs
+
+    def combine(self, outputs: Sequence[ChainOutput]) -> EnsemblePrediction:
+        """Ensemble mean and variance (law of total variance) of per-chain outputs."""
+        energies = np.stack([o.energy for o in outputs])
+        forces = np.stack([o.forces for o in outputs])
+        sigmas = np.stack([o.force_sigma for o in outputs])
         offset = self.energy_offset or 0.0
         e_mean, e_epi, _ = combine_ensemble(energies, np.zeros_like(energies))
         e_alea = np.full_like(e_mean, self.config.energy_sigma**2)
-        f_var_alea = np.broadcast_to(sigmas[..., None] ** 2, forces.shape)
-        f_mean, f_epi, f_alea = combine_ensemble(forces, f_var_alea)
+        f_mean, f_epi, f_alea = combine_ensemble(
+            forces, np.broadcast_to(sigmas[..., None] ** 2, forces.shape))
         stress = s_epi = s_alea = None
-        if compute_stress and results[0][3] is not None:
-            stresses = torch.stack([r[3] for r in results]).double().numpy()
+        if outputs[0].stress is not None:
+            stresses = np.stack([o.stress for o in outputs])
             stress, s_epi, _ = combine_ensemble(stresses, np.zeros_like(stresses))
             s_alea = np.full_like(stress, self.config.stress_sigma**2)
         return EnsemblePrediction(
             energy=e_mean - offset, energy_var_epistemic=e_epi, energy_var_aleatoric=e_alea,
             forces=f_mean, forces_var_epistemic=f_epi, forces_var_aleatoric=f_alea,
             stress=stress, stress_var_epistemic=s_epi, stress_var_aleatoric=s_alea,
-            n_atoms=results[0][4].numpy(), chain_energies=energies - offset,
+            n_atoms=outputs[0].n_atoms, chain_energies=energies - offset,
         )
+
+    def predict(
+        self, records: Sequence[StructureRecord], compute_stress: bool = False,
+        thetas: torch.Tensor | None = None, pool: ChainPool | None = None,
+    ) -> EnsemblePrediction:
+        """Ensemble prediction for a batch of structures (energies in the reference's zero).
+
+        With a :class:`~atomate2_otf.bnn.parallel.ChainPool` the chains are evaluated in
+        its workers, in parallel.
+        """
+        records = list(records)
+        for record in records:
+            self.check_structure(record)
+        if pool is not None and thetas is None:
+            return self.combine(pool.chain_outputs(self, records, compute_stress))
+        return self.combine(self.chain_outputs(records, compute_stress, thetas))
 
     def predict_untuned(
         self, records: Sequence[StructureRecord], compute_stress: bool = False
@@ -357,6 +394,7 @@ class Posterior:
         config = self.config.sghmc
         if n_steps is not None:
             config = sghmc.SGHMCConfig(**{**config.to_dict(), "n_steps": int(n_steps)})
+        self.revision += 1
         if pool is not None:
             pool.update(self, config, callback)
         else:

@@ -1,10 +1,18 @@
 """SevenNet (sevenn 0.13) as a :class:`FoundationModel`; 7net-0 ships inside the wheel.
 
-SevenNet is NequIP-like, so the paper's NequIP defaults apply. Its force module takes the
-autograd derivative itself and keeps the graph only in training mode; the adapter switches
-the mode per call so that a force loss can be back-propagated to the parameters while
-inference stays cheap. Features for the noise head are the invariant (0e) node features
-entering the energy readout.
+SevenNet is NequIP-like, so the paper's NequIP defaults apply.
+
+Why the adapter takes the derivatives itself: SevenNet's own ``force_output`` module calls
+``torch.autograd.grad(create_graph=self.training)`` without ``retain_graph``, so in eval
+mode it frees the forward graph (the features could then not be differentiated) and in
+train mode it always pays for the double-backward graph. The adapter therefore removes
+that module and differentiates the energy w.r.t. the edge vectors (SevenNet's own grad
+key) itself, with ``create_graph`` as asked and the graph retained, turning dE/dr_ij into
+forces and virial exactly as SevenNet does. The module stays in eval mode throughout (it
+has no dropout or batch norm; only the removed force module looked at ``training``).
+
+Features for the noise head are the invariant (0e) node features entering the energy
+readout (the input of ``reduce_input_to_hidden``, 128x0e for 7net-0).
 """
 
 from __future__ import annotations
@@ -20,12 +28,18 @@ from atomate2_otf.models.base import FamilyDefaults, FoundationModel, ModelOutpu
 
 logger = logging.getLogger(__name__)
 
-# SevenNet's stress order is xx, yy, zz, xy, yz, zx (and the opposite sign to ASE).
-_SEVENN_INDEX = [[0, 3, 5], [3, 1, 4], [5, 4, 2]]
+#: module whose input node features are the per-atom features (first readout linear)
+_READOUT = "reduce_input_to_hidden"
+#: per-graph flag added by :meth:`SevenNetModel.prepare` (stress only for full pbc)
+_PERIODIC_KEY = "otf_periodic"
 
 
 class SevenNetModel(FoundationModel):
-    """SevenNet with energies in eV (total), forces eV/A, stress eV/A^3 (ASE sign)."""
+    """SevenNet with energies in eV (total), forces eV/A, stress eV/A^3 (ASE sign).
+
+    Stress rows of structures that are not fully periodic are NaN (undefined there); the
+    NaN is produced behind ``torch.where`` so that it never reaches a gradient.
+    """
 
     family = "sevenn"
     # The paper's NequIP values (METHOD.md): sigma_TL 0.2, gamma_0 3e-5, a = 3, b = 10;
@@ -36,6 +50,24 @@ class SevenNetModel(FoundationModel):
 
     def __init__(self, module: torch.nn.Module, name: str = "sevenn-0",
                  checkpoint: str = "7net-0", modal: str | None = None) -> None:
+        import sevenn._keys as KEY
+
+        if getattr(module, "key_grad", None) != KEY.EDGE_VEC:
+            raise NotImplementedError(
+                f"SevenNet model differentiates w.r.t. {module.key_grad!r}; this adapter "
+                f"supports models whose forces come from the edge vectors ({KEY.EDGE_VEC!r})"
+            )
+        if module.type_map is None:
+            raise ValueError("SevenNet model has no type_map (atomic number -> index)")
+        modal_map = getattr(module, "modal_map", None)
+        if modal_map and modal not in modal_map:
+            raise ValueError(f"SevenNet model {checkpoint!r} is multi-fidelity: pass modal= "
+                             f"one of {sorted(modal_map)}, got {modal!r}")
+        if not modal_map and modal:
+            logger.warning("modal=%r ignored: %s has no modal_map", modal, checkpoint)
+            modal = None
+        # See the module docstring: forces and stress are taken here, not by SevenNet.
+        module.delete_module_by_key("force_output")
         module.set_is_batch_data(True)
         module.eval()
         super().__init__(module, name)
@@ -43,17 +75,22 @@ class SevenNetModel(FoundationModel):
         self.modal = modal
         self.cutoff = float(module.cutoff)
         self.type_map = {int(z): int(i) for z, i in module.type_map.items()}
-        self._captured: list[torch.Tensor] = []
-        readout = module._modules["reduce_input_to_hidden"]
-        self._feature_dim = int(readout.irreps_in.dim)
-        if any(ir.l != 0 for _, ir in readout.irreps_in):
-            raise ValueError(f"SevenNet readout input {readout.irreps_in} is not invariant")
+
+        readout = module._modules[_READOUT]
+        irreps = readout.irreps_in
+        self._scalar_slices = [sl for (_, ir), sl in zip(irreps, irreps.slices(), strict=True)
+                               if ir.l == 0 and ir.p == 1]
+        if not self._scalar_slices:
+            raise ValueError(f"SevenNet readout input {irreps} has no 0e channels")
+        self._feature_dim = sum(sl.stop - sl.start for sl in self._scalar_slices)
+        self._all_scalar = self._feature_dim == irreps.dim
+        self._captured: torch.Tensor | None = None
         readout.register_forward_pre_hook(self._capture)
 
     def _capture(self, _module: torch.nn.Module, inputs: tuple[Any, ...]) -> None:
         import sevenn._keys as KEY
 
-        self._captured.append(inputs[0][KEY.NODE_FEATURE])
+        self._captured = inputs[0][KEY.NODE_FEATURE]
 
     @property
     def feature_dim(self) -> int:
@@ -64,19 +101,24 @@ class SevenNetModel(FoundationModel):
         return frozenset(self.type_map)
 
     def prepare(self, structure: StructureRecord) -> Any:
+        """One AtomGraphData, built exactly as ``SevenNetCalculator.calculate`` builds it."""
         from sevenn.atom_graph_data import AtomGraphData
         from sevenn.train.dataload import unlabeled_atoms_to_graph
 
         from atomate2_otf.atoms import atoms_from_record
 
+        # SevenNet's one-hot lookup would fail obscurely (index -1) on unknown elements.
+        self.check_elements(structure.numbers)
         data = AtomGraphData.from_numpy_dict(
             unlabeled_atoms_to_graph(atoms_from_record(structure), self.cutoff,
                                      with_shift=False))
+        data[_PERIODIC_KEY] = torch.tensor([structure.periodic])
         if self.modal:
             data["data_modality"] = self.modal
         return data
 
     def collate(self, prepared: Sequence[Any]) -> Any:
+        """One torch_geometric Batch (node/edge tensors concatenated, indices offset)."""
         from torch_geometric.data import Batch
 
         return Batch.from_data_list(list(prepared))
@@ -85,19 +127,43 @@ class SevenNetModel(FoundationModel):
                  create_graph: bool = False) -> ModelOutput:
         import sevenn._keys as KEY
 
-        self._captured.clear()
-        self.module.train(create_graph)  # the force module keeps the graph only in training
-        try:
-            out = self.module(batch.clone())
-        finally:
-            self.module.eval()
-        features = self._captured[-1]
-        self._captured.clear()
+        # SevenNet writes into its input (node features, requires_grad on edge_vec):
+        # work on a shallow copy so that a cached batch can be evaluated again.
+        data = batch.clone()
+        self._captured = None
+        out = self.module(data)  # forward only: energy per structure, edge_vec a leaf
+        features, self._captured = self._captured, None
+        if features is None:  # pragma: no cover - guards against a changed SevenNet
+            raise RuntimeError("SevenNet's readout features were not captured")
+        if not self._all_scalar:
+            features = torch.cat([features[:, sl] for sl in self._scalar_slices], dim=-1)
+
         energy = out[KEY.PRED_TOTAL_ENERGY].reshape(-1)
-        forces = out[KEY.PRED_FORCE]
+        rij = out[KEY.EDGE_VEC]
+        # retain_graph: the features (same graph) may still be differentiated by the caller
+        (fij,) = torch.autograd.grad(energy.sum(), [rij], create_graph=create_graph,
+                                     retain_graph=True, materialize_grads=True)
+        src, dst = out[KEY.EDGE_IDX]
+        n_total = out[KEY.NODE_FEATURE].shape[0]
+        # r_ij = r_dst - r_src, so dE/dr_src = -f_ij and dE/dr_dst = +f_ij (as SevenNet)
+        forces = (torch.zeros(n_total, 3, dtype=fij.dtype, device=fij.device)
+                  .index_add(0, src, fij).index_add(0, dst, -fij))
+
         stress = None
         if compute_stress:
-            stress = -out[KEY.PRED_STRESS][:, _SEVENN_INDEX]  # -> [B, 3, 3], ASE sign
+            # ASE: sigma_ab = (1/V) dE/d eps_ab, and r -> (1 + eps) r gives
+            # dE/d eps_ab = sum_ij f_ij,a r_ij,b (symmetrised: E is rotation invariant).
+            n_graphs = energy.shape[0]
+            edge_graph = out[KEY.BATCH][src]
+            virial = torch.zeros(n_graphs, 3, 3, dtype=fij.dtype, device=fij.device)
+            virial = virial.index_add(0, edge_graph, fij[:, :, None] * rij[:, None, :])
+            virial = 0.5 * (virial + virial.transpose(1, 2))
+            volume = out[KEY.CELL_VOLUME].reshape(-1).to(fij.dtype).abs()
+            periodic = out[_PERIODIC_KEY].reshape(-1).to(fij.device) & (volume > 0)
+            safe = torch.where(periodic, volume, torch.ones_like(volume))
+            stress = torch.where(periodic[:, None, None], virial / safe[:, None, None],
+                                 torch.full_like(virial, float("nan")))
+
         n_atoms = out[KEY.NUM_ATOMS].reshape(-1).long()
         if not create_graph:
             energy, forces = energy.detach(), forces.detach()
@@ -113,9 +179,17 @@ class SevenNetModel(FoundationModel):
 
 
 def load_sevenn(checkpoint: str = "7net-0", modal: str | None = None) -> SevenNetModel:
-    """Load a SevenNet checkpoint by pretrained name (shipped in the wheel) or by path."""
+    """Load a SevenNet checkpoint by pretrained name or by path, via sevenn's own loader.
+
+    Pretrained names (e.g. ``"7net-0"``) resolve to the checkpoints inside the sevenn
+    wheel, so this works offline; a path loads a user's (e.g. fine-tuned) checkpoint.
+    """
     import sevenn.util as util
 
     cp = util.load_checkpoint(checkpoint)
     module = cp.build_model()
-    return SevenNetModel(module, checkpoint=checkpoint, modal=modal)
+    frozen = [n for n, p in module.named_parameters() if not p.requires_grad]
+    if frozen:  # e.g. the per-species energy shift/scale; the posterior samples them too
+        logger.info("SevenNet %s: making %d frozen parameter(s) trainable: %s",
+                    checkpoint, len(frozen), ", ".join(frozen))
+    return SevenNetModel(module, checkpoint=str(checkpoint), modal=modal)

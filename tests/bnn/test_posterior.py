@@ -178,3 +178,12 @@ def test_pool_update_equals_serial_update():
                                atol=1e-5)
     assert {chain for chain, _ in steps} == set(range(4))
     assert max(t for _, t in steps) == 59
+
+
+def test_loading_a_chain_copies_instead_of_aliasing(trained):
+    theta0 = trained.theta0.clone()
+    trained.predict_untuned(molecules(1))  # loads theta_0 into the live module
+    with torch.no_grad():
+        for p in trained.space.parameters:
+            p.add_(1.0)  # e.g. a user's optimizer touching the module
+    torch.testing.assert_close(trained.theta0, theta0)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import pickle
 import queue
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -31,12 +32,15 @@ logger = logging.getLogger(__name__)
 _PROGRESS_EVERY = 25
 
 
-def _worker_main(model: FoundationModel, threads: int, tasks: Any, results: Any) -> None:
+def _worker_main(model_bytes: bytes, threads: int, tasks: Any, results: Any) -> None:
     """Worker loop: keep a replica posterior; run updates and predictions of its chains."""
     from atomate2_otf.bnn.posterior import Posterior
     from atomate2_otf.bnn.sghmc import SGHMCConfig
 
     torch.set_num_threads(threads)
+    # Plain pickle bytes, not the model object: multiprocessing would hand every worker
+    # the same shared-memory parameters, and loading a chain into them would race.
+    model = pickle.loads(model_bytes)
     replica: Posterior | None = None
     while True:
         message = tasks.get()
@@ -89,10 +93,11 @@ class ChainPool:
         if int(threads_per_worker) < 1:
             raise ValueError(f"threads_per_worker must be >= 1, got {threads_per_worker!r}")
         context = mp.get_context("spawn")
+        model_bytes = pickle.dumps(model)
         self._results = context.Queue()
         self._tasks = [context.Queue() for _ in range(int(n_workers))]
         self._workers = [
-            context.Process(target=_worker_main, args=(model, int(threads_per_worker), q,
+            context.Process(target=_worker_main, args=(model_bytes, int(threads_per_worker), q,
                                                        self._results), daemon=True)
             for q in self._tasks
         ]

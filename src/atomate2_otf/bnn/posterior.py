@@ -152,8 +152,14 @@ class ParameterSpace:
         return torch.nn.utils.parameters_to_vector(self.parameters).detach().clone()
 
     def load(self, vector: torch.Tensor) -> None:
+        """Copy ``vector`` into the parameters (a copy: torch's vector_to_parameters would
+        make them views of the chain state, so that any in-place use of the module would
+        silently rewrite a chain or theta_0)."""
         with torch.no_grad():
-            torch.nn.utils.vector_to_parameters(vector, self.parameters)
+            offset = 0
+            for p in self.parameters:
+                p.copy_(vector[offset:offset + p.numel()].view_as(p))
+                offset += p.numel()
 
     def flatten(self, tensors: Sequence[torch.Tensor | None]) -> torch.Tensor:
         return torch.cat([

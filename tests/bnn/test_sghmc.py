@@ -39,7 +39,8 @@ def make_grad_fn(problem, batch_size, seed=1):
     return grad_fn
 
 
-def pooled_samples(problem, batch_size, n_steps=20_000, step_size=1e-2, seed=1):
+def pooled_samples(problem, batch_size, n_steps=20_000, step_size=1e-2, seed=1,
+                   mass_scale=None):
     state = sghmc.init(torch.zeros(8, D, dtype=torch.float64))
     config = sghmc.SGHMCConfig(n_steps=n_steps, burn_in=0, ramp=0, schedule="constant",
                                batch_size=batch_size)
@@ -50,14 +51,18 @@ def pooled_samples(problem, batch_size, n_steps=20_000, step_size=1e-2, seed=1):
             samples.append(st.theta.clone())
 
     sghmc.run(state, make_grad_fn(problem, batch_size, seed), config, step_size=step_size,
-              n_data=N, generator=torch.Generator().manual_seed(seed), callback=keep)
+              n_data=N, generator=torch.Generator().manual_seed(seed), callback=keep,
+              mass_scale=mass_scale)
     return torch.cat(samples).numpy()
 
 
-@pytest.mark.parametrize("batch_size", [N, 10])
-def test_pooled_chains_match_analytic_posterior(problem, batch_size):
+@pytest.mark.parametrize("batch_size, mass_scale", [
+    (N, None), (10, None),
+    (N, torch.tensor([1.0, 3.0, 0.5], dtype=torch.float64)),  # a per-parameter mass
+])
+def test_pooled_chains_match_analytic_posterior(problem, batch_size, mass_scale):
     _, _, _, mean, cov = problem
-    samples = pooled_samples(problem, batch_size)
+    samples = pooled_samples(problem, batch_size, mass_scale=mass_scale)
     std = np.sqrt(np.diag(cov))
     assert np.all(np.abs(samples.mean(0) - mean) < 0.1 * std), (samples.mean(0) - mean) / std
     ratio = samples.var(0) / np.diag(cov)

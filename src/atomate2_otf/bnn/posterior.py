@@ -48,6 +48,10 @@ class PosteriorConfig:
     force_sigma_scale: initial per-atom force std (eV/A) of the noise head.
     stress_sigma: fixed stress std (eV/A^3).
     head_hidden: hidden widths of the noise head MLP.
+    head_step_size: SGHMC step size of the noise head's parameters (a per-parameter mass,
+        so the posterior is unchanged). The head starts from nothing and must move its
+        log-sigma by O(1), which at a foundation model's gamma_0 (1e-4..1e-3) would take
+        thousands of steps; None gives the head the model's step size.
     calibration_a, calibration_b: Gamma prior of the calibration; None: family default.
     calibration_ema: None (exact) or a decay in (0, 1) for drifting runs.
     seed: seeds the head initialisation, the minibatch draws and the SGHMC noise.
@@ -59,6 +63,7 @@ class PosteriorConfig:
     force_sigma_scale: float = DEFAULT_FORCE_SIGMA_SCALE
     stress_sigma: float = DEFAULT_STRESS_SIGMA
     head_hidden: tuple[int, ...] = (64, 16)
+    head_step_size: float | None = 1e-3
     calibration_a: float | None = None
     calibration_b: float | None = None
     calibration_ema: float | None = None
@@ -73,6 +78,8 @@ class PosteriorConfig:
             raise ValueError(f"n_chains must be an integer >= 1, got {self.n_chains!r}")
         if self.sigma_tl is not None:
             check_sigma_tl(self.sigma_tl)
+        if self.head_step_size is not None and not float(self.head_step_size) > 0:
+            raise ValueError(f"head_step_size must be > 0 or None, got {self.head_step_size!r}")
         for name in ("energy_sigma", "force_sigma_scale", "stress_sigma"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and np.isfinite(value) and value > 0):
@@ -224,6 +231,9 @@ class Posterior:
         center = torch.zeros(self.space.size, dtype=self.theta0.dtype)
         center[: pretrained.numel()] = pretrained
         self.prior = TransferPrior(center, self.sigma_tl)
+        self.mass_scale = torch.ones(self.space.size, dtype=self.theta0.dtype)
+        if self.config.head_step_size is not None:
+            self.mass_scale[pretrained.numel():] = self.config.head_step_size / self.step_size
         self.state = sghmc.init(self.theta0.expand(self.config.n_chains, -1).contiguous())
         self.calibration = GammaCalibration(
             self.config.calibration_a or defaults.calibration_a,
@@ -384,7 +394,7 @@ class Posterior:
         state = sghmc.reset_for_update(self.chain_state(chain), keep_mass=config.keep_mass)
         step_callback = None if callback is None else (lambda t, _: callback(chain, t))
         sghmc.run(state, grad_fn, config, step_size=self.step_size, n_data=len(self.data),
-                  generator=rng.torch, callback=step_callback)
+                  generator=rng.torch, callback=step_callback, mass_scale=self.mass_scale)
         state.momentum.zero_()
 
     def update(self, callback: Callable[[int, int], None] | None = None,

@@ -130,12 +130,20 @@ def step(
     beta: float,
     eps: float,
     generator: torch.Generator | None = None,
+    mass_scale: torch.Tensor | None = None,
 ) -> SGHMCState:
-    """One SGHMC step on all chains, in place; ``grad`` is grad U / N, shape [M, P]."""
+    """One SGHMC step on all chains, in place; ``grad`` is grad U / N, shape [M, P].
+
+    ``mass_scale`` ([P], optional) multiplies the inverse mass per parameter: a constant
+    preconditioner, so the stationary law is unchanged while some parameters (the new
+    noise head) move faster than others.
+    """
     state.t += 1
     state.v.mul_(beta).addcmul_(grad, grad, value=1.0 - beta)
     torch.maximum(state.v_hat, state.v / (1.0 - beta**state.t), out=state.v_hat)
     inv_mass = 1.0 / (state.v_hat.sqrt() + eps)
+    if mass_scale is not None:
+        inv_mass = inv_mass * mass_scale
     state.momentum.mul_(1.0 - friction).add_(grad, alpha=-friction)
     if temp > 0:
         noise = torch.randn(state.theta.shape, generator=generator, dtype=state.theta.dtype)
@@ -157,6 +165,7 @@ def run(
     n_data: int,
     generator: torch.Generator | None = None,
     callback: Callable[[int, SGHMCState], None] | None = None,
+    mass_scale: torch.Tensor | None = None,
 ) -> SGHMCState:
     """One posterior update: ``config.n_steps`` steps with schedule, burn-in and ramp.
 
@@ -169,7 +178,8 @@ def run(
         temp = temperature(t, config.burn_in, config.ramp)
         grad = grad_fn(state.theta, t)
         step(state, grad, step_size=gamma, temp=temp, n_data=n_data,
-             friction=config.friction, beta=config.beta, eps=config.eps, generator=generator)
+             friction=config.friction, beta=config.beta, eps=config.eps, generator=generator,
+             mass_scale=mass_scale)
         if callback is not None:
             callback(t, state)
     return state

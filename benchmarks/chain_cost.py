@@ -167,7 +167,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {r['model']} | {r['system']} | {r['n_atoms']} | {r['mode']} | "
               f"{r['step_single_ms']:.1f} | {r['step_chains_ms']:.1f} | {r['step_ratio']:.2f} | "
               f"{r['eval_ratio']:.2f} | {r['step_vs_eval']:.2f} | {r['update_minutes']:.1f} | "
-              f"{r['peak_rss_mb']:.0f} | {r['peak_rss_workers_mb']:.0f} |")
+              f"{r['update_overhead_s']:.1f} | {r['peak_rss_mb']:.0f} | "
+              f"{r['peak_rss_workers_mb']:.0f} |")
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(),
             "python": sys.version.split()[0], "machine": platform.machine(),
             "cpus": len(__import__("os").sched_getaffinity(0))}

@@ -9,6 +9,18 @@ from atomate2_otf.bnn.data import StructureRecord
 from atomate2_otf.models.base import FoundationModel
 
 
+def si_pair(a: float = 5.43, rattle: float = 0.05, seed: int = 1) -> StructureRecord:
+    """A rattled two-cell diamond Si: small enough for finite differences; ``a=5.30`` is
+    compressed, giving a clear (negative, ASE sign) stress to pin sign and unit."""
+    from ase.build import bulk
+
+    from atomate2_otf.atoms import record_from_atoms
+
+    atoms = bulk("Si", "diamond", a=a) * (2, 1, 1)
+    atoms.rattle(rattle, seed=seed)
+    return record_from_atoms(atoms)
+
+
 def energy_of(model: FoundationModel, record: StructureRecord) -> float:
     out = model.evaluate(model.collate([model.prepare(record)]))
     return float(out.energy.double().item())

@@ -12,7 +12,7 @@ from atomate2_otf.bnn.data import StructureRecord
 from atomate2_otf.models.base import load_model, registered_models
 from atomate2_otf.models.chgnet import CHGNetModel, molecule_box
 from tests.models.conventions import (check_features_trainable, check_forces_are_gradient,
-                                      check_stress_is_strain_derivative)
+                                      check_stress_is_strain_derivative, si_pair)
 
 pytest.importorskip("chgnet")
 
@@ -82,16 +82,12 @@ def test_molecule_forces_are_minus_energy_gradient(model):
 
 
 def test_forces_are_minus_energy_gradient(model):
-    atoms = bulk("Si", "diamond", a=5.43) * (2, 1, 1)
-    atoms.rattle(0.05, seed=1)
-    check_forces_are_gradient(model, record_from_atoms(atoms))
+    check_forces_are_gradient(model, si_pair())
 
 
 def test_stress_sign_and_unit(model):
     # compressed: a clear (compressive, hence negative in ASE's sign) stress
-    atoms = bulk("Si", "diamond", a=5.30) * (2, 1, 1)
-    atoms.rattle(0.02, seed=2)
-    record = record_from_atoms(atoms)
+    record = si_pair(a=5.30, rattle=0.02, seed=2)
     check_stress_is_strain_derivative(model, record)
     stress = evaluate_one(model, record, compute_stress=True).stress[0]
     assert torch.trace(stress) < 0

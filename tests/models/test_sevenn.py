@@ -17,7 +17,7 @@ from atomate2_otf.models.base import load_model  # noqa: E402
 from atomate2_otf.models.sevenn import SevenNetModel  # noqa: E402
 from tests.models.conventions import (  # noqa: E402
     check_batch_equals_single, check_features_trainable, check_forces_are_gradient,
-    check_stress_is_strain_derivative)
+    check_stress_is_strain_derivative, si_pair)
 
 
 @pytest.fixture(scope="module")
@@ -71,16 +71,12 @@ def test_matches_sevennet_calculator(model, calculator, make):
 
 
 def test_forces_are_minus_energy_gradient(model):
-    atoms = bulk("Si", "diamond", a=5.43) * (2, 1, 1)
-    atoms.rattle(0.05, seed=1)
-    check_forces_are_gradient(model, record_from_atoms(atoms))
+    check_forces_are_gradient(model, si_pair())
 
 
 def test_stress_sign_and_unit(model):
     # compressed cell: a large (negative, ASE sign) stress whose sign the check pins
-    atoms = bulk("Si", "diamond", a=5.30) * (2, 1, 1)
-    atoms.rattle(0.02, seed=2)
-    check_stress_is_strain_derivative(model, record_from_atoms(atoms))
+    check_stress_is_strain_derivative(model, si_pair(a=5.30, rattle=0.02, seed=2))
 
 
 def test_batch_equals_single(model):

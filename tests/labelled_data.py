@@ -8,13 +8,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-import numpy as np
-from ase import Atoms, units
 from ase.build import bulk, molecule
-from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
-from atomate2_otf.atoms import record_from_atoms
+from atomate2_otf.atoms import labelled_md_frames
 from atomate2_otf.bnn.data import StructureRecord
 
 
@@ -24,26 +20,10 @@ def xtb_calculator():
     return TBLite(method="GFN2-xTB", verbosity=0)
 
 
-def md_frames(atoms: Atoms, calc, n_frames: int, every: int, temperature_k: float,
-              seed: int) -> list[StructureRecord]:
-    """Labelled frames every ``every`` steps of a 1 fs Langevin run with ``calc``."""
-    atoms = atoms.copy()
-    atoms.calc = calc
-    rng = np.random.default_rng(seed)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_k, rng=rng)
-    dyn = Langevin(atoms, 1.0 * units.fs, temperature_K=temperature_k, friction=0.02,
-                   fixcm=False, rng=rng)
-    frames = []
-    for _ in range(n_frames):
-        dyn.run(every)
-        frames.append(record_from_atoms(atoms, with_labels=True))
-    return frames
-
-
 @lru_cache(maxsize=None)
 def ethanol_xtb(n_frames: int = 20, seed: int = 0) -> tuple[StructureRecord, ...]:
     """Ethanol at 500 K labelled with GFN2-xTB (non-periodic: no stress)."""
-    return tuple(md_frames(molecule("CH3CH2OH"), xtb_calculator(), n_frames, 25, 500.0, seed))
+    return tuple(labelled_md_frames(molecule("CH3CH2OH"), xtb_calculator(), n_frames, 25, 500.0, seed))
 
 
 @lru_cache(maxsize=None)
@@ -56,4 +36,4 @@ def copper_emt(n_frames: int = 20, seed: int = 0) -> tuple[StructureRecord, ...]
     from ase.calculators.emt import EMT
 
     atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * (2, 1, 1)
-    return tuple(md_frames(atoms, EMT(), n_frames, 20, 800.0, seed))
+    return tuple(labelled_md_frames(atoms, EMT(), n_frames, 20, 800.0, seed))

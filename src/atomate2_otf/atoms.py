@@ -46,3 +46,28 @@ def atoms_from_record(record: StructureRecord) -> Atoms:
     return Atoms(
         numbers=record.numbers, positions=record.positions, cell=record.cell, pbc=record.pbc
     )
+
+
+def labelled_md_frames(atoms: Atoms, calculator, n_frames: int, every: int,
+                       temperature_k: float, seed: int = 0,
+                       timestep_fs: float = 1.0) -> list[StructureRecord]:
+    """Labelled frames every ``every`` steps of a Langevin run driven by ``calculator``.
+
+    Thermal distortions of one system, labelled by the reference itself: what an
+    on-the-fly run meets, for tests, examples and offline fine-tuning.
+    """
+    from ase import units
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+    atoms = atoms.copy()
+    atoms.calc = calculator
+    rng = np.random.default_rng(seed)
+    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_k, rng=rng)
+    dyn = Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature_k, friction=0.02,
+                   fixcm=False, rng=rng)
+    frames = []
+    for _ in range(n_frames):
+        dyn.run(every)
+        frames.append(record_from_atoms(atoms, with_labels=True))
+    return frames

@@ -1,0 +1,294 @@
+"""Makers of on-the-fly runs (atomate2 style): OTFMDMaker and ProductionMDMaker.
+
+``OTFMDMaker().make(structure)`` gives ``Flow[reference 0, prepare, md segment 0]``; each
+segment then grows the flow dynamically (see :mod:`atomate2_otf.jobs`). Every setting is
+checked in ``make`` so that bad input fails before any model loads or reference runs.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from jobflow import Flow, Maker, Response, job
+
+from atomate2_otf.bnn.calibration import check_confidence, check_threshold
+from atomate2_otf.bnn.prior import check_sigma_tl
+from atomate2_otf.jobs import (
+    RunConfig,
+    current_store,
+    load_posterior,
+    md_segment,
+    prepare_run,
+)
+from atomate2_otf.models.base import registered_models
+from atomate2_otf.reference.makers import GFN2xTBStaticMaker, reference_names
+from atomate2_otf.schemas import EV_PER_KCAL_MOL
+from atomate2_otf.store import load_checkpoint, save_trajectory
+
+if TYPE_CHECKING:
+    from ase import Atoms
+    from jobflow import JobStore
+    from pymatgen.core import Molecule, Structure
+
+    from atomate2_otf.md.calculator import PosteriorCalculator
+
+#: the paper's ethanol threshold, 0.5 kcal/mol, in eV
+PAPER_ETHANOL_K = 0.5 * EV_PER_KCAL_MOL
+
+
+def to_atoms(structure: Structure | Molecule | Atoms | str | Path) -> Atoms:
+    """ASE atoms from a pymatgen Structure/Molecule, ASE Atoms or a structure file.
+
+    A file that is missing or does not parse raises ValueError naming it.
+    """
+    from ase import Atoms
+
+    if isinstance(structure, Atoms):
+        return structure.copy()
+    if isinstance(structure, str | Path):
+        path = Path(structure).expanduser()
+        if not path.is_file():
+            raise ValueError(f"structure file {str(path)!r} does not exist or is not a file")
+        from ase.io import read
+
+        try:
+            atoms = read(str(path))
+        except Exception as err:  # ASE raises many kinds; the user needs the file and why
+            raise ValueError(f"could not read structure file {str(path)!r}: {err}") from err
+        return atoms if isinstance(atoms, Atoms) else atoms[-1]
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    return AseAtomsAdaptor.get_atoms(structure)
+
+
+def to_pymatgen(atoms: Atoms) -> Structure | Molecule:
+    """Structure for fully periodic atoms, Molecule otherwise (what atomate2 Makers take)."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    return (AseAtomsAdaptor.get_structure(atoms) if atoms.pbc.all()
+            else AseAtomsAdaptor.get_molecule(atoms))
+
+
+@dataclass
+class OTFMDMaker(Maker):
+    """On-the-fly fine-tuning MD: MD with a Bayesian foundation model that labels a structure
+    with ``reference_maker`` whenever P(|E error| < threshold) drops below ``confidence``.
+
+    Args:
+        name: flow name.
+        model: registered foundation-model name (``atomate2_otf.models.base.registered_models``).
+        model_kwargs: extra arguments of the model loader.
+        reference_maker: any Maker whose ``make(structure)`` outputs energy, forces and
+            (periodic) stress: atomate2's ASE Makers, its VASP StaticMaker, your own.
+        ensemble: "nvt" (Langevin), "nve" or "npt" (MTK; periodic cells only).
+        temperature: K; a number, a list of knots (300 -> 800 -> 300) or (fraction, T) pairs.
+        timestep_fs, n_steps, friction_per_fs, pressure_bar: MD settings.
+        threshold: energy-error threshold K (eV); the paper's ethanol run used 0.5 kcal/mol.
+        confidence: label when P(|e| < K) < confidence.
+        n_chains: M SGHMC chains; sigma_tl: prior std (None: model family default).
+        update_steps, initial_update_steps: SGHMC steps per update (paper: 2000).
+        sghmc: further SGHMCConfig fields (batch_size, burn_in, ramp, ...).
+        energy_sigma: fixed energy noise std (eV); None gives 0.1 * threshold (METHOD.md).
+        calibration_a, calibration_b: Gamma prior of the calibration (None: family default).
+        n_workers: processes for the chains (None: one per CPU; 0/1: serial).
+        keep_checkpoints: newest checkpoints kept by the retention policy.
+        max_reference_calls: stop with an error past this many calls (None: no limit).
+        force_trigger_every: label every n-th model step regardless of the uncertainty
+            (diagnostics and tests; None: the calibrated trigger).
+        trajectory_interval: MD steps between stored frames.
+        seed: seeds velocities, thermostat noise, chains and minibatches.
+    """
+
+    name: str = "otf md"
+    model: str = "chgnet"
+    model_kwargs: dict = field(default_factory=dict)
+    reference_maker: Maker = field(default_factory=GFN2xTBStaticMaker)
+    ensemble: str = "nvt"
+    temperature: float | list = 300.0
+    timestep_fs: float = 0.5
+    n_steps: int = 1000
+    friction_per_fs: float = 0.01
+    pressure_bar: float = 1.0
+    threshold: float = PAPER_ETHANOL_K
+    confidence: float = 0.95
+    n_chains: int = 8
+    sigma_tl: float | None = None
+    update_steps: int = 2000
+    initial_update_steps: int | None = None
+    sghmc: dict = field(default_factory=dict)
+    energy_sigma: float | None = None
+    calibration_a: float | None = None
+    calibration_b: float | None = None
+    n_workers: int | None = None
+    keep_checkpoints: int = 3
+    max_reference_calls: int | None = None
+    force_trigger_every: int | None = None
+    trajectory_interval: int = 10
+    progress: bool = False
+    seed: int = 0
+
+    def run_config(self, atoms: Atoms) -> RunConfig:
+        """Validate every setting (no model is loaded) and freeze them for the jobs."""
+        from atomate2_otf.bnn.posterior import PosteriorConfig
+        from atomate2_otf.bnn.sghmc import SGHMCConfig
+        from atomate2_otf.md.segment import MDSettings
+
+        if self.model not in registered_models():
+            raise ValueError(f"unknown model name {self.model!r}; registered models are: "
+                             f"{', '.join(registered_models())}")
+        threshold = check_threshold(self.threshold)
+        confidence = check_confidence(self.confidence)
+        if self.sigma_tl is not None:
+            check_sigma_tl(self.sigma_tl)
+        for name in ("update_steps", "keep_checkpoints"):
+            if int(getattr(self, name)) < (0 if name == "update_steps" else 1):
+                raise ValueError(f"{name} must be >= {0 if name == 'update_steps' else 1}, "
+                                 f"got {getattr(self, name)!r}")
+        if self.force_trigger_every is not None and int(self.force_trigger_every) < 1:
+            raise ValueError(f"force_trigger_every must be >= 1 or None, "
+                             f"got {self.force_trigger_every!r}")
+        settings = MDSettings(
+            ensemble=self.ensemble, timestep_fs=self.timestep_fs, temperature=self.temperature,
+            n_steps=self.n_steps, friction_per_fs=self.friction_per_fs,
+            pressure_bar=self.pressure_bar, trajectory_interval=self.trajectory_interval)
+        from atomate2_otf.md.segment import check_structure_for_md
+
+        check_structure_for_md(atoms, settings)
+        update_steps = int(self.update_steps)
+        initial = update_steps if self.initial_update_steps is None else int(
+            self.initial_update_steps)
+        sghmc = SGHMCConfig(**{"n_steps": max(update_steps, 1), **self.sghmc})
+        posterior = PosteriorConfig(
+            n_chains=self.n_chains, sigma_tl=self.sigma_tl,
+            energy_sigma=self.energy_sigma or 0.1 * threshold,
+            calibration_a=self.calibration_a, calibration_b=self.calibration_b,
+            sghmc=sghmc, seed=int(self.seed))
+        reference = getattr(self.reference_maker, "name", type(self.reference_maker).__name__)
+        return RunConfig(
+            run_id=uuid.uuid4().hex[:12], model=self.model, model_kwargs=dict(self.model_kwargs),
+            reference=reference, posterior=posterior.to_dict(), md=settings.to_dict(),
+            threshold=threshold, confidence=confidence, update_steps=update_steps,
+            initial_update_steps=initial, n_workers=self.n_workers,
+            keep_checkpoints=int(self.keep_checkpoints),
+            max_reference_calls=self.max_reference_calls,
+            force_trigger_every=self.force_trigger_every, progress=bool(self.progress),
+            formula=atoms.get_chemical_formula(mode="hill"))
+
+    def make(self, structure: Structure | Molecule | Atoms | str | Path,
+             prev_dir: str | Path | None = None) -> Flow:
+        """The on-the-fly flow for one structure (``prev_dir`` unused; atomate2 signature)."""
+        from atomate2_otf.md.segment import MDSettings, initial_state
+
+        atoms = to_atoms(structure)
+        cfg = self.run_config(atoms)
+        state = initial_state(atoms, MDSettings.from_dict(cfg.md), int(self.seed))
+        reference = self.reference_maker.make(to_pymatgen(atoms))
+        reference.name = "otf reference 0"
+        prepare = prepare_run(reference.output, state.to_dict(), cfg.to_dict())
+        prepare.metadata = cfg.metadata("prepare", 0)
+        segment = md_segment(prepare.output["checkpoint"], prepare.output["state"], 0,
+                             cfg.to_dict(), self.reference_maker)
+        segment.name = "otf md segment 0"
+        segment.metadata = cfg.metadata("segment", 0)
+        return Flow([reference, prepare, segment], output=segment.output,
+                    name=f"{self.name} {cfg.formula}")
+
+
+def ensemble_calculator(store: JobStore, checkpoint: str, threshold: float = PAPER_ETHANOL_K,
+                        model: str | None = None) -> PosteriorCalculator:
+    """The fine-tuned ensemble of a checkpoint as an ASE calculator (mean E/F/S, and the
+    uncertainty and P(|e| < threshold) in ``.results``).
+
+    ``checkpoint`` is a key such as ``OTFRunDoc.final_checkpoint``; the model is reloaded by
+    the name stored in the checkpoint unless ``model`` names another registration.
+    """
+    from atomate2_otf.bnn.posterior import Posterior
+    from atomate2_otf.md.calculator import PosteriorCalculator
+    from atomate2_otf.models.base import load_model
+
+    store.connect()
+    blob = load_checkpoint(store, checkpoint)
+    posterior = Posterior.from_bytes(blob, model=None if model is None else load_model(model))
+    return PosteriorCalculator(posterior, threshold)
+
+
+@job(name="otf production md", expose_store=True)
+def production_md(checkpoint: str, state: dict[str, Any], config: dict[str, Any]) -> dict:
+    """MD with a fine-tuned ensemble and no updates (energy is conserved in NVE)."""
+    import time
+
+    from atomate2_otf.md.calculator import PosteriorCalculator
+    from atomate2_otf.md.segment import MDSettings, run_segment
+    from atomate2_otf.md.state import MDState
+
+    started = time.perf_counter()
+    cfg = RunConfig.from_dict(config)
+    store = current_store()
+    posterior = load_posterior(store, checkpoint, cfg)
+    calculator = PosteriorCalculator(posterior, cfg.threshold)
+    result = run_segment(MDState.from_dict(state), calculator, MDSettings.from_dict(cfg.md))
+    save_trajectory(store, cfg.run_id, 0, result.trajectory)
+    energies = [f["energy"] for f in result.trajectory]
+    return {"run_id": cfg.run_id, "checkpoint": checkpoint, "n_md_steps": result.state.step,
+            "final_state": result.state.to_dict(), "trajectory": result.trajectory,
+            "max_energy_std": float(np.max([f.get("energy_std", 0.0)
+                                            for f in result.trajectory])),
+            "energy_range": float(np.ptp(energies)) if energies else 0.0,
+            "wall_s": time.perf_counter() - started}
+
+
+@dataclass
+class ProductionMDMaker(Maker):
+    """MD with the fine-tuned ensemble of a finished run, without updates.
+
+    ``checkpoint`` is the finished run's ``OTFRunDoc.final_checkpoint``; ``model`` must be
+    the model that run used.
+    """
+
+    name: str = "otf production md"
+    checkpoint: str = ""
+    model: str = "chgnet"
+    model_kwargs: dict = field(default_factory=dict)
+    ensemble: str = "nve"
+    temperature: float | list = 300.0
+    timestep_fs: float = 0.5
+    n_steps: int = 1000
+    friction_per_fs: float = 0.01
+    pressure_bar: float = 1.0
+    threshold: float = PAPER_ETHANOL_K
+    trajectory_interval: int = 10
+    seed: int = 0
+
+    def make(self, structure: Structure | Molecule | Atoms | str | Path,
+             prev_dir: str | Path | None = None) -> Response | Any:
+        from atomate2_otf.md.segment import MDSettings, check_structure_for_md, initial_state
+
+        if not self.checkpoint:
+            raise ValueError("ProductionMDMaker needs checkpoint= (a finished run's "
+                             "OTFRunDoc.final_checkpoint)")
+        atoms = to_atoms(structure)
+        settings = MDSettings(ensemble=self.ensemble, timestep_fs=self.timestep_fs,
+                              temperature=self.temperature, n_steps=self.n_steps,
+                              friction_per_fs=self.friction_per_fs,
+                              pressure_bar=self.pressure_bar,
+                              trajectory_interval=self.trajectory_interval)
+        check_structure_for_md(atoms, settings)
+        run_id = self.checkpoint.split(":")[0] + "-production-" + uuid.uuid4().hex[:6]
+        cfg = RunConfig(run_id=run_id, model=self.model, model_kwargs=dict(self.model_kwargs),
+                        reference="none", posterior={}, md=settings.to_dict(),
+                        threshold=check_threshold(self.threshold), confidence=0.5,
+                        update_steps=0, initial_update_steps=0, n_workers=1,
+                        formula=atoms.get_chemical_formula(mode="hill"))
+        state = initial_state(atoms, settings, int(self.seed))
+        production = production_md(self.checkpoint, state.to_dict(), cfg.to_dict())
+        production.name = self.name
+        return production
+
+
+def known_reference_names() -> list[str]:
+    """Reference names the CLI accepts (re-exported for the CLI's help)."""
+    return reference_names()

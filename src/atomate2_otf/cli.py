@@ -252,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         sys.stderr.write(f"error: {err}\n")
         return 2
+    except RuntimeError as err:  # a job failed: its traceback is in the log (-v)
+        sys.stderr.write(f"error: {err}\n")
+        return 1
 
 
 if __name__ == "__main__":

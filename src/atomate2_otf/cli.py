@@ -122,12 +122,18 @@ def run_flow(maker, structure: Any, store_folder: str, verbose: bool = False):
     jobs_dir = Path(store_folder).expanduser() / "jobs"
     jobs_dir.mkdir(parents=True, exist_ok=True)
     run_locally(flow, store=store, root_dir=jobs_dir, log=verbose, ensure_success=False)
-    doc = store.query_one({"uuid": flow.jobs[-1].uuid, "output.run_id": {"$exists": True},
-                           "output.completed": True}, sort={"index": -1})
-    if doc is None:
+    try:
+        output = store.get_output(flow.output.uuid, load=True)
+    except ValueError:
+        output = None
+    if not isinstance(output, OTFRunDoc | dict) or not _get_completed(output):
         raise RuntimeError(f"the run did not finish; see the log (rerun with -v) and the "
                            f"store {store_folder!r}")
-    return OTFRunDoc(**doc["output"])
+    return output if isinstance(output, OTFRunDoc) else OTFRunDoc(**output)
+
+
+def _get_completed(output: Any) -> bool:
+    return bool(output.completed if hasattr(output, "completed") else output.get("completed"))
 
 
 def _summary(doc) -> str:

@@ -18,6 +18,7 @@ from jobflow import Flow, Maker, Response, job
 from atomate2_otf.bnn.calibration import check_confidence, check_threshold
 from atomate2_otf.bnn.prior import check_sigma_tl
 from atomate2_otf.jobs import (
+    STORE_CONFIG,
     RunConfig,
     current_store,
     load_posterior,
@@ -216,7 +217,7 @@ def ensemble_calculator(store: JobStore, checkpoint: str, threshold: float = PAP
     return PosteriorCalculator(posterior, threshold)
 
 
-@job(name="otf production md", expose_store=True)
+@job(name="otf production md", config=STORE_CONFIG)
 def production_md(checkpoint: str, state: dict[str, Any], config: dict[str, Any]) -> dict:
     """MD with a fine-tuned ensemble and no updates (energy is conserved in NVE)."""
     import time

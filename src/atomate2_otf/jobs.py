@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from jobflow import Flow, Response, job
+from jobflow import Flow, JobConfig, Response, job
 
 from atomate2_otf.bnn.data import StructureRecord
 from atomate2_otf.reference.labels import label_from_output
@@ -36,6 +36,9 @@ if TYPE_CHECKING:
     from atomate2_otf.bnn.posterior import Posterior
 
 logger = logging.getLogger(__name__)
+
+#: jobs read and write checkpoints through the JobStore they run with
+STORE_CONFIG = JobConfig(expose_store=True)
 
 
 @dataclass
@@ -147,7 +150,7 @@ def _ensure_recursion_headroom(margin: int = 2000) -> None:
 
 
 # -- jobs ------------------------------------------------------------------------------------
-@job(name="otf prepare", expose_store=True)
+@job(name="otf prepare", config=STORE_CONFIG)
 def prepare_run(reference_output: Any, state: dict[str, Any],
                 config: dict[str, Any]) -> dict[str, Any]:
     """Label 0 sets the energy offset; sample the first chains; write checkpoint 0."""
@@ -175,7 +178,7 @@ def prepare_run(reference_output: Any, state: dict[str, Any],
             "energy_offset": posterior.energy_offset}
 
 
-@job(name="otf update", expose_store=True)
+@job(name="otf update", config=STORE_CONFIG)
 def update_posterior(reference_output: Any, checkpoint: str, trigger: dict[str, Any],
                      index: int, config: dict[str, Any]) -> dict[str, Any]:
     """Record the model's error before it sees the label, then add the label and update."""
@@ -212,7 +215,7 @@ def update_posterior(reference_output: Any, checkpoint: str, trigger: dict[str, 
     return {"checkpoint": key, "call": call.model_dump(), "label": pending.to_dict()}
 
 
-@job(name="otf md segment", expose_store=True)
+@job(name="otf md segment", config=STORE_CONFIG)
 def md_segment(checkpoint: str, state: dict[str, Any], index: int, config: dict[str, Any],
                reference_maker: Maker, pending_label: dict[str, Any] | None = None,
                run_started: float | None = None) -> Response:
@@ -357,6 +360,7 @@ def summarise_run(store: JobStore, cfg: RunConfig, final_state: dict[str, Any],
         reference=cfg.reference, ensemble=str(cfg.md.get("ensemble", "nvt")), completed=True,
         n_md_steps=int(final_state["step"]), threshold=cfg.threshold,
         confidence=cfg.confidence, energy_offset=posterior_offset,
-        final_checkpoint=checkpoint, final_structure=structure.as_dict(),
+        final_checkpoint=checkpoint, final_structure=structure,
+        final_state=final_state,
         settings=cfg.to_dict(), **fields)
 

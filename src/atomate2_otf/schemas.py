@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, Field
+from pymatgen.core import Molecule, Structure
 
 #: eV per kcal/mol, to compare thresholds and errors with the paper's tables
 EV_PER_KCAL_MOL = 0.0433641043
@@ -72,8 +73,10 @@ class OTFRunDoc(BaseModel):
     calls: list[ReferenceCall] = Field(default_factory=list)
     timings: Timings = Field(default_factory=Timings)
     final_checkpoint: str | None = None
-    final_structure: dict[str, Any] | None = Field(
-        None, description="pymatgen dict of the last MD structure")
+    final_structure: Structure | Molecule | None = Field(
+        None, description="the last MD structure")
+    final_state: dict[str, Any] | None = Field(
+        None, description="complete MD state at the end (atomate2_otf.md.state.MDState)")
     settings: dict[str, Any] = Field(default_factory=dict)
 
     @classmethod

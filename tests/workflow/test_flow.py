@@ -1,0 +1,66 @@
+"""The on-the-fly flow under run_locally: completion, records, checkpoints, failures."""
+
+import numpy as np
+import pytest
+from ase.build import bulk, molecule
+from jobflow import run_locally
+
+from atomate2_otf.flows import OTFMDMaker, ensemble_calculator
+from atomate2_otf.reference.makers import EMTStaticMaker
+from atomate2_otf.schemas import OTFRunDoc
+from atomate2_otf.store import list_checkpoints, load_checkpoint
+
+
+def copper():
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
+    atoms.rattle(0.02, seed=3)
+    return atoms
+
+
+def toy_maker(**kwargs):
+    settings = dict(model="toy", reference_maker=EMTStaticMaker(), n_steps=30,
+                    timestep_fs=1.0, temperature=300.0, n_chains=2, update_steps=3,
+                    initial_update_steps=3, n_workers=1, force_trigger_every=7,
+                    trajectory_interval=5, threshold=0.05)
+    settings.update(kwargs)
+    return OTFMDMaker(**settings)
+
+
+def final_doc(store, flow) -> OTFRunDoc:
+    output = store.get_output(flow.output.uuid, load=True)
+    return output if isinstance(output, OTFRunDoc) else OTFRunDoc(**output)
+
+
+def test_toy_run_completes_with_records_and_reloadable_checkpoint(store):
+    flow = toy_maker().make(copper())
+    run_locally(flow, store=store, log=False, ensure_success=True, raise_immediately=True)
+    doc = final_doc(store, flow)
+    assert doc.completed and doc.n_md_steps == 30
+    # triggers at model steps 7, 14 (+1 redone step each time): 1 + 4 calls
+    assert doc.n_reference_calls == 1 + 30 // 7
+    assert len(doc.call_errors) == len(doc.call_sigmas) == doc.n_reference_calls - 1
+    assert [c.index for c in doc.calls] == list(range(doc.n_reference_calls))
+    assert all(c.reference_s is not None and c.update_s > 0 for c in doc.calls)
+    assert doc.timings.total >= doc.timings.md > 0
+    names = {d["name"] for d in store.query({}, properties=["name"])}
+    assert {"otf reference 1", "otf update 1", "otf md segment 1"} <= names
+    # retention: the newest 3 checkpoints stay, the final one among them
+    kept = list_checkpoints(store, doc.run_id)
+    assert kept == list(range(doc.n_reference_calls - 3, doc.n_reference_calls))
+    assert doc.final_checkpoint == f"{doc.run_id}:{kept[-1]}"
+
+
+def test_final_checkpoint_predicts_as_the_in_memory_posterior(store):
+    from atomate2_otf.md.state import MDState
+
+    flow = toy_maker(n_steps=20).make(copper())
+    run_locally(flow, store=store, log=False, ensure_success=True, raise_immediately=True)
+    doc = final_doc(store, flow)
+    # the final MD state's energy and forces were computed in memory by the posterior of
+    # the final checkpoint: the reloaded ensemble must predict them again
+    last_state = MDState.from_dict(doc.final_state)
+    assert last_state.step == 20
+    atoms = last_state.to_atoms()
+    atoms.calc = ensemble_calculator(store, doc.final_checkpoint, threshold=0.05)
+    assert abs(atoms.get_potential_energy() - last_state.energy) < 1e-6
+    np.testing.assert_allclose(atoms.get_forces(), last_state.forces, atol=1e-6)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from ase import units
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from ase.neighborlist import neighbor_list
 from ase.stress import voigt_6_to_full_3x3_stress
 
@@ -85,8 +85,7 @@ def initial_state(atoms: Atoms, settings: MDSettings, seed: int) -> MDState:
     atoms = atoms.copy()
     atoms.calc = None
     temperature = settings.temperature_at(0)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature,
-                                 rng=np.random.default_rng(int(seed)))
+    thermalize_momenta(atoms, temperature, rng=np.random.default_rng(int(seed)))
     Stationary(atoms)
     state = MDState.from_atoms(atoms, step=0)
     state.integrator = {"ensemble": settings.ensemble, "rng": new_rng_state(int(seed))}

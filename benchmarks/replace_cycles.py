@@ -1,0 +1,100 @@
+"""Replace cycles under jobflow's run_locally: wall time and peak RSS at 100 and 1000 cycles.
+
+Each cycle is one MD segment that stops at a forced trigger, one EMT reference job, one
+posterior update (a tiny budget) and the next segment, with the toy pair-potential model of
+the tests so that jobflow and the store, not the model, are what is measured. Each cycle
+count runs in a fresh process (peak RSS is per process).
+
+    python benchmarks/replace_cycles.py [--cycles 100 1000] [--out benchmarks/replace_cycles.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def one_run(cycles: int, store_kind: str) -> dict:
+    """Run ``cycles`` replace cycles in this process; return the measurements."""
+    import logging
+    import os
+
+    sys.path.insert(0, str(ROOT))
+    from ase.build import bulk
+    from jobflow import run_locally
+
+    from atomate2_otf.flows import OTFMDMaker
+    from atomate2_otf.models.base import register_model
+    from atomate2_otf.reference.makers import EMTStaticMaker
+    from atomate2_otf.store import embedded_job_store
+    from tests.toy_model import ToyModel
+
+    import torch
+
+    torch.set_num_threads(1)  # tiny model: threads only add synchronisation
+    logging.disable(logging.WARNING)
+    register_model("toy", ToyModel)
+    folder = tempfile.mkdtemp()
+    os.chdir(folder)
+    if store_kind == "memory":
+        from jobflow import JobStore
+        from maggma.stores import MemoryStore
+
+        store = JobStore(MemoryStore(), additional_stores={"checkpoints": MemoryStore(),
+                                                           "trajectories": MemoryStore()})
+    else:
+        store = embedded_job_store(Path(folder) / "store")
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
+    atoms.rattle(0.02, seed=1)
+    # every=1: each segment redoes the labelled step with the label, then triggers on the
+    # first model-evaluated step: one reference call per MD step
+    maker = OTFMDMaker(model="toy", reference_maker=EMTStaticMaker(), n_steps=cycles,
+                       timestep_fs=1.0, n_chains=2, update_steps=1, initial_update_steps=1,
+                       n_workers=1, force_trigger_every=1, trajectory_interval=100)
+    flow = maker.make(atoms)
+    started = time.perf_counter()
+    run_locally(flow, store=store, log=False, ensure_success=True)
+    wall = time.perf_counter() - started
+    doc = store.get_output(flow.output.uuid, load=True)
+    calls = doc.n_reference_calls if hasattr(doc, "n_reference_calls") else doc["n_reference_calls"]
+    return {"cycles": cycles, "store": store_kind, "reference_calls": calls,
+            "wall_s": round(wall, 2), "s_per_cycle": round(wall / cycles, 4),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "recursion_limit": sys.getrecursionlimit()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cycles", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--store", choices=["embedded", "memory"], nargs="+",
+                        default=["memory", "embedded"])
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "replace_cycles.json"))
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(one_run(int(args.child[0]), args.child[1])))
+        return
+    rows = []
+    for kind in args.store:
+        for n in args.cycles:
+            out = subprocess.run([sys.executable, __file__, "--child", str(n), kind],
+                                 capture_output=True, text=True, check=True)
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(f"{'store':9s} {'cycles':>7s} {'calls':>6s} {'wall s':>8s} {'s/cycle':>8s} "
+          f"{'peak RSS MB':>12s}")
+    for r in rows:
+        print(f"{r['store']:9s} {r['cycles']:>7d} {r['reference_calls']:>6d} {r['wall_s']:>8.1f} "
+              f"{r['s_per_cycle']:>8.3f} {r['peak_rss_mb']:>12.1f}")
+    Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -192,7 +192,8 @@ class OTFMDMaker(Maker):
         prepare = prepare_run(reference.output, state.to_dict(), cfg.to_dict())
         prepare.metadata = cfg.metadata("prepare", 0)
         segment = md_segment(prepare.output["checkpoint"], prepare.output["state"], 0,
-                             cfg.to_dict(), self.reference_maker)
+                             cfg.to_dict(), self.reference_maker,
+                             run_started=prepare.output["run_started"])
         segment.name = "otf md segment 0"
         segment.metadata = cfg.metadata("segment", 0)
         return Flow([reference, prepare, segment], output=segment.output,

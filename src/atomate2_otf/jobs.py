@@ -156,26 +156,28 @@ def prepare_run(reference_output: Any, state: dict[str, Any],
     """Label 0 sets the energy offset; sample the first chains; write checkpoint 0."""
     from atomate2_otf.md.state import MDState
 
-    started = time.perf_counter()
     cfg = RunConfig.from_dict(config)
     store = current_store()
     md_state = MDState.from_dict(state)
     label = label_from_output(reference_output, len(md_state.numbers),
                               where="reference call 0 (the initial structure)")
+    run_started = time.time() - (label.elapsed_s or 0.0)
     posterior = new_posterior(cfg)
+    started = time.perf_counter()
     posterior.add_labels([_record(md_state.positions, md_state.numbers, md_state.cell,
                                   md_state.pbc, label)])
     _update(posterior, cfg, cfg.initial_update_steps, "initial update")
+    update_s = time.perf_counter() - started
     key = save_checkpoint(store, cfg.run_id, 0, posterior.to_bytes())
     # The first MD step is driven by the reference itself, as every trigger step is.
     md_state.energy = label.energy
     md_state.forces = np.asarray(label.forces)
     md_state.stress = None if label.stress is None else np.asarray(label.stress)
     call = ReferenceCall(index=0, md_step=md_state.step, reference_energy=label.energy,
-                         reference_s=label.elapsed_s, update_s=time.perf_counter() - started,
+                         reference_s=label.elapsed_s, update_s=update_s,
                          checkpoint=key)
     return {"checkpoint": key, "state": md_state.to_dict(), "call": call.model_dump(),
-            "energy_offset": posterior.energy_offset}
+            "energy_offset": posterior.energy_offset, "run_started": run_started}
 
 
 @job(name="otf update", config=STORE_CONFIG)
@@ -184,7 +186,6 @@ def update_posterior(reference_output: Any, checkpoint: str, trigger: dict[str, 
     """Record the model's error before it sees the label, then add the label and update."""
     from atomate2_otf.md.segment import Label
 
-    started = time.perf_counter()
     cfg = RunConfig.from_dict(config)
     store = current_store()
     numbers = np.asarray(trigger["numbers"])
@@ -198,9 +199,11 @@ def update_posterior(reference_output: Any, checkpoint: str, trigger: dict[str, 
     error = float(trigger["energy"]) - label.energy
     sigma = float(trigger["energy_std"])
     untuned = float(posterior.predict_untuned([record.unlabelled()]).energy[0]) - label.energy
+    started = time.perf_counter()
     posterior.calibration.update(np.array([error]), np.array([sigma]))
     posterior.add_labels([record])
     _update(posterior, cfg, cfg.update_steps, f"update {index}")
+    update_s = time.perf_counter() - started
     key = save_checkpoint(store, cfg.run_id, index, posterior.to_bytes())
     prune_checkpoints(store, cfg.run_id, RetentionPolicy(keep_last=cfg.keep_checkpoints))
     call = ReferenceCall(
@@ -208,7 +211,7 @@ def update_posterior(reference_output: Any, checkpoint: str, trigger: dict[str, 
         predicted_energy=float(trigger["energy"]), error=error, sigma=sigma,
         prob_within=trigger.get("prob_within"), untuned_error=untuned,
         md_s=float(trigger["md_s"]), reference_s=reference_s,
-        update_s=time.perf_counter() - started, checkpoint=key)
+        update_s=update_s, checkpoint=key)
     pending = Label(positions=np.asarray(trigger["positions"]), cell=np.asarray(trigger["cell"]),
                     energy=label.energy, forces=np.asarray(label.forces),
                     stress=None if label.stress is None else np.asarray(label.stress))
@@ -224,7 +227,6 @@ def md_segment(checkpoint: str, state: dict[str, Any], index: int, config: dict[
     from atomate2_otf.md.segment import Label, MDSettings, run_segment
     from atomate2_otf.md.state import MDState
 
-    started = time.perf_counter()
     run_started = time.time() if run_started is None else run_started
     cfg = RunConfig.from_dict(config)
     store = current_store()
@@ -244,6 +246,7 @@ def md_segment(checkpoint: str, state: dict[str, Any], index: int, config: dict[
         def callback(step: int, results: dict[str, Any]) -> None:
             bar.update(1)
 
+    started = time.perf_counter()
     try:
         result = run_segment(md_state, calculator, settings, trigger=trigger,
                              pending_label=None if pending_label is None
@@ -251,8 +254,8 @@ def md_segment(checkpoint: str, state: dict[str, Any], index: int, config: dict[
     finally:
         if bar is not None:
             bar.close()
-    save_trajectory(store, cfg.run_id, index, result.trajectory)
     md_s = time.perf_counter() - started
+    save_trajectory(store, cfg.run_id, index, result.trajectory)
     n_calls = index + 1  # reference calls so far: the initial one plus one per segment end
     if not result.triggered:
         doc = summarise_run(store, cfg, result.state.to_dict(), checkpoint,

@@ -112,7 +112,7 @@ def run_flow(maker, structure: Any, store_folder: str, verbose: bool = False):
     """Build the flow (validating everything first), run it locally, return the OTFRunDoc."""
     from jobflow import run_locally
 
-    from atomate2_otf.schemas import OTFRunDoc
+    from atomate2_otf.jobs import read_run_doc
 
     try:
         flow = maker.make(structure)
@@ -122,18 +122,11 @@ def run_flow(maker, structure: Any, store_folder: str, verbose: bool = False):
     jobs_dir = Path(store_folder).expanduser() / "jobs"
     jobs_dir.mkdir(parents=True, exist_ok=True)
     run_locally(flow, store=store, root_dir=jobs_dir, log=verbose, ensure_success=False)
-    try:
-        output = store.get_output(flow.output.uuid, load=True)
-    except ValueError:
-        output = None
-    if not isinstance(output, OTFRunDoc | dict) or not _get_completed(output):
+    doc = read_run_doc(store, flow.output.uuid)
+    if doc is None:
         raise RuntimeError(f"the run did not finish; see the log (rerun with -v) and the "
                            f"store {store_folder!r}")
-    return output if isinstance(output, OTFRunDoc) else OTFRunDoc(**output)
-
-
-def _get_completed(output: Any) -> bool:
-    return bool(output.completed if hasattr(output, "completed") else output.get("completed"))
+    return doc
 
 
 def _summary(doc) -> str:
@@ -158,7 +151,9 @@ def _summary(doc) -> str:
 
 def _emit(doc, as_json: bool, store_folder: str) -> None:
     if as_json:
-        sys.stdout.write(doc.model_dump_json(indent=1) + "\n")
+        from monty.json import MontyEncoder
+
+        sys.stdout.write(json.dumps(doc.model_dump(), cls=MontyEncoder, indent=1) + "\n")
     else:
         sys.stdout.write(_summary(doc) + f"\n  store: {Path(store_folder).resolve()}\n")
 

@@ -74,6 +74,12 @@ def to_pymatgen(atoms: Atoms) -> Structure | Molecule:
             else AseAtomsAdaptor.get_molecule(atoms))
 
 
+def scaled_noise_schedule(n_steps: int) -> dict[str, int]:
+    """Burn-in and noise ramp in the reference code's proportions (400 and 100 of 2000
+    steps), so that short updates still end with noisy, spreading chains."""
+    return {"burn_in": int(round(0.2 * n_steps)), "ramp": max(int(round(0.05 * n_steps)), 1)}
+
+
 @dataclass
 class OTFMDMaker(Maker):
     """On-the-fly fine-tuning MD: MD with a Bayesian foundation model that labels a structure
@@ -162,7 +168,14 @@ class OTFMDMaker(Maker):
         update_steps = int(self.update_steps)
         initial = update_steps if self.initial_update_steps is None else int(
             self.initial_update_steps)
-        sghmc = SGHMCConfig(**{"n_steps": max(update_steps, 1), **self.sghmc})
+        sghmc = SGHMCConfig(**{"n_steps": max(update_steps, 1),
+                               **scaled_noise_schedule(min(update_steps, initial) or 1),
+                               **self.sghmc})
+        if 0 < min(update_steps, initial) <= sghmc.burn_in:
+            raise ValueError(
+                f"sghmc burn_in={sghmc.burn_in} leaves no noisy step in an update of "
+                f"{min(update_steps, initial)} steps: the chains would not spread and the "
+                f"ensemble would report no epistemic uncertainty; use burn_in < update_steps")
         posterior = PosteriorConfig(
             n_chains=self.n_chains, sigma_tl=self.sigma_tl,
             energy_sigma=self.energy_sigma or 0.1 * threshold,

@@ -367,3 +367,18 @@ def summarise_run(store: JobStore, cfg: RunConfig, final_state: dict[str, Any],
         final_state=final_state,
         settings=cfg.to_dict(), **fields)
 
+
+
+def read_run_doc(store: JobStore, uuid: str) -> OTFRunDoc | None:
+    """The finished OTFRunDoc of the flow whose output job is ``uuid`` (None if unfinished).
+
+    The document sits at the end of jobflow's chain of replaced segments; the store's
+    reference resolution follows it.
+    """
+    try:
+        output = store.get_output(uuid, load=True)
+    except ValueError:
+        return None
+    if isinstance(output, dict) and output.get("completed"):
+        output = OTFRunDoc(**{k: v for k, v in output.items() if not k.startswith("@")})
+    return output if isinstance(output, OTFRunDoc) and output.completed else None

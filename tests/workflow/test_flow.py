@@ -6,6 +6,7 @@ from ase.build import bulk, molecule
 from jobflow import run_locally
 
 from atomate2_otf.flows import OTFMDMaker, ensemble_calculator
+from atomate2_otf.jobs import read_run_doc
 from atomate2_otf.reference.makers import EMTStaticMaker
 from atomate2_otf.schemas import OTFRunDoc
 from atomate2_otf.store import list_checkpoints, load_checkpoint
@@ -27,8 +28,9 @@ def toy_maker(**kwargs):
 
 
 def final_doc(store, flow) -> OTFRunDoc:
-    output = store.get_output(flow.output.uuid, load=True)
-    return output if isinstance(output, OTFRunDoc) else OTFRunDoc(**output)
+    doc = read_run_doc(store, flow.output.uuid)
+    assert isinstance(doc, OTFRunDoc), "the run did not store its OTFRunDoc"
+    return doc
 
 
 def test_toy_run_completes_with_records_and_reloadable_checkpoint(store):

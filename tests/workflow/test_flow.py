@@ -66,3 +66,34 @@ def test_final_checkpoint_predicts_as_the_in_memory_posterior(store):
     atoms.calc = ensemble_calculator(store, doc.final_checkpoint, threshold=0.05)
     assert abs(atoms.get_potential_energy() - last_state.energy) < 1e-6
     np.testing.assert_allclose(atoms.get_forces(), last_state.forces, atol=1e-6)
+
+
+def test_production_md_uses_the_final_ensemble_without_updates(store):
+    from atomate2_otf.flows import ProductionMDMaker
+    from atomate2_otf.store import list_checkpoints
+
+    flow = toy_maker(n_steps=15).make(copper())
+    run_locally(flow, store=store, log=False, ensure_success=True, raise_immediately=True)
+    doc = final_doc(store, flow)
+    kept = list_checkpoints(store, doc.run_id)
+    production = ProductionMDMaker(checkpoint=doc.final_checkpoint, model="toy", ensemble="nve",
+                                   n_steps=40, timestep_fs=1.0, trajectory_interval=1,
+                                   threshold=0.05).make(doc.final_structure)
+    responses = run_locally(production, store=store, log=False, ensure_success=True,
+                            raise_immediately=True)
+    out = responses[production.uuid][1].output
+    assert out["n_md_steps"] == 40 and len(out["trajectory"]) == 41
+    assert list_checkpoints(store, doc.run_id) == kept  # no update, no new checkpoint
+    # NVE with a fixed ensemble conserves the total energy
+    from ase.units import kB
+
+    n = len(doc.final_structure)
+    totals = [f["energy"] + 1.5 * n * kB * f["temperature_K"] for f in out["trajectory"]]
+    assert np.ptp(totals) < 0.05 * np.ptp([f["energy"] for f in out["trajectory"]]) + 1e-4
+
+
+def test_production_md_needs_a_checkpoint():
+    from atomate2_otf.flows import ProductionMDMaker
+
+    with pytest.raises(ValueError, match="checkpoint"):
+        ProductionMDMaker().make(copper())

@@ -1,0 +1,80 @@
+"""Long on-the-fly runs: ethanol with CHGNet and GFN2-xTB as in the demo; 1000 replace cycles."""
+
+import resource
+
+import pytest
+from jobflow import run_locally
+
+from atomate2_otf.jobs import read_run_doc
+
+pytestmark = pytest.mark.slow
+
+
+def test_ethanol_demo_settings_calls_are_accurate_and_beat_the_untuned_model(store):
+    """The demo's run (K = 1 kcal/mol, 1000 steps of 0.5 fs at 300 K): at most 15 % of the
+    reference calls find |error| > K, and the fine-tuned ensemble's RMSE at the calls is
+    below the untuned model's."""
+    from ase.build import molecule
+
+    from atomate2_otf.cli import DEMO
+    from atomate2_otf.flows import OTFMDMaker
+    from atomate2_otf.reference.makers import GFN2xTBStaticMaker
+    from atomate2_otf.schemas import EV_PER_KCAL_MOL
+
+    maker = OTFMDMaker(model="chgnet", reference_maker=GFN2xTBStaticMaker(),
+                       temperature=DEMO["temperature"], timestep_fs=DEMO["timestep"],
+                       n_steps=DEMO["steps"], threshold=DEMO["threshold_kcal"] * EV_PER_KCAL_MOL,
+                       n_chains=DEMO["chains"], update_steps=DEMO["update_steps"],
+                       initial_update_steps=DEMO["initial_update_steps"], seed=0)
+    flow = maker.make(molecule("CH3CH2OH"))
+    run_locally(flow, store=store, log=False, ensure_success=True)
+    doc = read_run_doc(store, flow.output.uuid)
+    print(f"\nethanol: {doc.n_reference_calls} calls, share > K {doc.share_above_threshold:.3f}, "
+          f"RMSE at calls {doc.rmse_at_calls:.4f} eV vs untuned {doc.rmse_untuned_at_calls:.4f} "
+          f"eV, wall {doc.timings.total:.0f} s")
+    assert doc.n_md_steps == DEMO["steps"]
+    assert doc.n_reference_calls >= 2
+    assert doc.share_above_threshold <= 0.15
+    assert doc.rmse_at_calls < doc.rmse_untuned_at_calls
+    # the last checkpoint, reloaded, predicts the final MD state as the run did in memory
+    import numpy as np
+
+    from atomate2_otf.flows import ensemble_calculator
+    from atomate2_otf.md.state import MDState
+
+    state = MDState.from_dict(doc.final_state)
+    atoms = state.to_atoms()
+    atoms.calc = ensemble_calculator(store, doc.final_checkpoint, threshold=doc.threshold)
+    assert abs(atoms.get_potential_energy() - state.energy) < 1e-5
+    np.testing.assert_allclose(atoms.get_forces(), state.forces, atol=1e-5)
+
+
+def _cycles(store, cycles: int):
+    from ase.build import bulk
+
+    from atomate2_otf.flows import OTFMDMaker
+    from atomate2_otf.reference.makers import EMTStaticMaker
+
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
+    atoms.rattle(0.02, seed=1)
+    maker = OTFMDMaker(model="toy", reference_maker=EMTStaticMaker(), n_steps=cycles,
+                       timestep_fs=1.0, n_chains=2, update_steps=1, initial_update_steps=1,
+                       n_workers=1, force_trigger_every=1, trajectory_interval=1000)
+    flow = maker.make(atoms)
+    run_locally(flow, store=store, log=False, ensure_success=True)
+    return read_run_doc(store, flow.output.uuid)
+
+
+def test_1000_replace_cycles_under_run_locally():
+    """No RecursionError; every cycle's call recorded. (Peak RSS at 100 and 1000 cycles:
+    benchmarks/replace_cycles.py, one process per count.)"""
+    from jobflow import JobStore
+    from maggma.stores import MemoryStore
+
+    store = JobStore(MemoryStore(), additional_stores={"checkpoints": MemoryStore(),
+                                                       "trajectories": MemoryStore()})
+    doc = _cycles(store, 1000)
+    assert doc is not None and doc.n_md_steps == 1000
+    assert doc.n_reference_calls == 1001
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\n1000 cycles: peak RSS of the test process {rss_mb:.0f} MB")

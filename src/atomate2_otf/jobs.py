@@ -39,6 +39,9 @@ logger = logging.getLogger(__name__)
 
 #: jobs read and write checkpoints through the JobStore they run with
 STORE_CONFIG = JobConfig(expose_store=True)
+#: the update job resolves the reference's task document itself: jobflow would keep the
+#: resolved document in the job's arguments, and run_locally keeps every job of a run alive
+UPDATE_CONFIG = JobConfig(expose_store=True, resolve_references=False)
 
 
 @dataclass
@@ -180,14 +183,18 @@ def prepare_run(reference_output: Any, state: dict[str, Any],
             "energy_offset": posterior.energy_offset, "run_started": run_started}
 
 
-@job(name="otf update", config=STORE_CONFIG)
+@job(name="otf update", config=UPDATE_CONFIG)
 def update_posterior(reference_output: Any, checkpoint: str, trigger: dict[str, Any],
                      index: int, config: dict[str, Any]) -> dict[str, Any]:
     """Record the model's error before it sees the label, then add the label and update."""
     from atomate2_otf.md.segment import Label
 
+    from jobflow import OutputReference
+
     cfg = RunConfig.from_dict(config)
     store = current_store()
+    if isinstance(reference_output, OutputReference):
+        reference_output = reference_output.resolve(store)
     numbers = np.asarray(trigger["numbers"])
     label = label_from_output(reference_output, len(numbers),
                               where=f"reference call {index} (MD step {trigger['md_step']})")

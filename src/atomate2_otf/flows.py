@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from pymatgen.core import Molecule, Structure
 
     from atomate2_otf.md.calculator import PosteriorCalculator
+    from atomate2_otf.md.settings import MDSettings
 
 #: the paper's ethanol threshold, 0.5 kcal/mol, in eV
 PAPER_ETHANOL_K = 0.5 * EV_PER_KCAL_MOL
@@ -81,7 +82,36 @@ def scaled_noise_schedule(n_steps: int) -> dict[str, int]:
 
 
 @dataclass
-class OTFMDMaker(Maker):
+class _MDMaker(Maker):
+    """Settings shared by the Makers that run MD with a (fine-tuned) ensemble."""
+
+    name: str = "otf md"
+    model: str = "chgnet"
+    model_kwargs: dict = field(default_factory=dict)
+    ensemble: str = "nvt"
+    temperature: float | list = 300.0
+    timestep_fs: float = 0.5
+    n_steps: int = 1000
+    friction_per_fs: float = 0.01
+    pressure_bar: float = 1.0
+    threshold: float = PAPER_ETHANOL_K
+    trajectory_interval: int = 10
+    seed: int = 0
+
+    def md_settings(self, atoms: Atoms) -> MDSettings:
+        """The validated MD settings, checked against ``atoms`` (no model is loaded)."""
+        from atomate2_otf.md.segment import MDSettings, check_structure_for_md
+
+        settings = MDSettings(
+            ensemble=self.ensemble, timestep_fs=self.timestep_fs, temperature=self.temperature,
+            n_steps=self.n_steps, friction_per_fs=self.friction_per_fs,
+            pressure_bar=self.pressure_bar, trajectory_interval=self.trajectory_interval)
+        check_structure_for_md(atoms, settings)
+        return settings
+
+
+@dataclass
+class OTFMDMaker(_MDMaker):
     """On-the-fly fine-tuning MD: MD with a Bayesian foundation model that labels a structure
     with ``reference_maker`` whenever P(|E error| < threshold) drops below ``confidence``.
 
@@ -110,17 +140,7 @@ class OTFMDMaker(Maker):
         seed: seeds velocities, thermostat noise, chains and minibatches.
     """
 
-    name: str = "otf md"
-    model: str = "chgnet"
-    model_kwargs: dict = field(default_factory=dict)
     reference_maker: Maker = field(default_factory=GFN2xTBStaticMaker)
-    ensemble: str = "nvt"
-    temperature: float | list = 300.0
-    timestep_fs: float = 0.5
-    n_steps: int = 1000
-    friction_per_fs: float = 0.01
-    pressure_bar: float = 1.0
-    threshold: float = PAPER_ETHANOL_K
     confidence: float = 0.95
     n_chains: int = 8
     sigma_tl: float | None = None
@@ -134,15 +154,12 @@ class OTFMDMaker(Maker):
     keep_checkpoints: int = 3
     max_reference_calls: int | None = None
     force_trigger_every: int | None = None
-    trajectory_interval: int = 10
     progress: bool = False
-    seed: int = 0
 
     def run_config(self, atoms: Atoms) -> RunConfig:
         """Validate every setting (no model is loaded) and freeze them for the jobs."""
         from atomate2_otf.bnn.posterior import PosteriorConfig
         from atomate2_otf.bnn.sghmc import SGHMCConfig
-        from atomate2_otf.md.segment import MDSettings
 
         if self.model not in registered_models():
             raise ValueError(f"unknown model name {self.model!r}; registered models are: "
@@ -158,13 +175,7 @@ class OTFMDMaker(Maker):
         if self.force_trigger_every is not None and int(self.force_trigger_every) < 1:
             raise ValueError(f"force_trigger_every must be >= 1 or None, "
                              f"got {self.force_trigger_every!r}")
-        settings = MDSettings(
-            ensemble=self.ensemble, timestep_fs=self.timestep_fs, temperature=self.temperature,
-            n_steps=self.n_steps, friction_per_fs=self.friction_per_fs,
-            pressure_bar=self.pressure_bar, trajectory_interval=self.trajectory_interval)
-        from atomate2_otf.md.segment import check_structure_for_md
-
-        check_structure_for_md(atoms, settings)
+        settings = self.md_settings(atoms)
         update_steps = int(self.update_steps)
         initial = update_steps if self.initial_update_steps is None else int(
             self.initial_update_steps)
@@ -257,7 +268,7 @@ def production_md(checkpoint: str, state: dict[str, Any], config: dict[str, Any]
 
 
 @dataclass
-class ProductionMDMaker(Maker):
+class ProductionMDMaker(_MDMaker):
     """MD with the fine-tuned ensemble of a finished run, without updates.
 
     ``checkpoint`` is the finished run's ``OTFRunDoc.final_checkpoint``; ``model`` must be
@@ -265,33 +276,18 @@ class ProductionMDMaker(Maker):
     """
 
     name: str = "otf production md"
-    checkpoint: str = ""
-    model: str = "chgnet"
-    model_kwargs: dict = field(default_factory=dict)
     ensemble: str = "nve"
-    temperature: float | list = 300.0
-    timestep_fs: float = 0.5
-    n_steps: int = 1000
-    friction_per_fs: float = 0.01
-    pressure_bar: float = 1.0
-    threshold: float = PAPER_ETHANOL_K
-    trajectory_interval: int = 10
-    seed: int = 0
+    checkpoint: str = ""
 
     def make(self, structure: Structure | Molecule | Atoms | str | Path,
              prev_dir: str | Path | None = None) -> Response | Any:
-        from atomate2_otf.md.segment import MDSettings, check_structure_for_md, initial_state
+        from atomate2_otf.md.segment import initial_state
 
         if not self.checkpoint:
             raise ValueError("ProductionMDMaker needs checkpoint= (a finished run's "
                              "OTFRunDoc.final_checkpoint)")
         atoms = to_atoms(structure)
-        settings = MDSettings(ensemble=self.ensemble, timestep_fs=self.timestep_fs,
-                              temperature=self.temperature, n_steps=self.n_steps,
-                              friction_per_fs=self.friction_per_fs,
-                              pressure_bar=self.pressure_bar,
-                              trajectory_interval=self.trajectory_interval)
-        check_structure_for_md(atoms, settings)
+        settings = self.md_settings(atoms)
         run_id = self.checkpoint.split(":")[0] + "-production-" + uuid.uuid4().hex[:6]
         cfg = RunConfig(run_id=run_id, model=self.model, model_kwargs=dict(self.model_kwargs),
                         reference="none", posterior={}, md=settings.to_dict(),

@@ -187,3 +187,24 @@ def test_loading_a_chain_copies_instead_of_aliasing(trained):
         for p in trained.space.parameters:
             p.add_(1.0)  # e.g. a user's optimizer touching the module
     torch.testing.assert_close(trained.theta0, theta0)
+
+
+def test_cached_minibatch_gives_the_same_gradient_and_follows_new_data():
+    """The last collated minibatch is reused; new labels must not see a stale one."""
+    post = Posterior(ToyModel(), small_config())
+    post.add_labels(labelled(molecules(3)))
+    theta = post.state.theta[0]
+    indices, weights = np.arange(3), np.ones(3)
+    first = post._chain_gradient(theta, indices, weights)
+    batch = post._batch_cache[1]
+    again = post._chain_gradient(theta, indices, weights)
+    assert post._batch_cache[1] is batch  # reused, not collated again
+    assert torch.equal(first, again)
+    fresh = Posterior(ToyModel(), small_config())
+    fresh.add_labels(post.data)
+    assert torch.equal(fresh._chain_gradient(theta, indices, weights), first)
+    post.add_labels(labelled(molecules(1, seed=3)))
+    assert post._batch_cache[1] is not post._minibatch(indices)[0]
+    grown = post._chain_gradient(theta, indices, weights)
+    # the prior term is divided by the new N = 4, so the gradient must change
+    assert not torch.equal(grown, first)

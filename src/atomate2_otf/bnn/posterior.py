@@ -151,8 +151,9 @@ class ParameterSpace:
     model runs exactly as usual (the always-correct path for any architecture).
     """
 
-    def __init__(self, modules: Sequence[torch.nn.Module]) -> None:
-        self.parameters = [p for module in modules for p in module.parameters()]
+    def __init__(self, groups: Sequence[torch.nn.Module | Sequence[torch.nn.Parameter]]) -> None:
+        self.parameters = [p for group in groups for p in (
+            group.parameters() if isinstance(group, torch.nn.Module) else group)]
         self.size = sum(p.numel() for p in self.parameters)
 
     def vector(self) -> torch.Tensor:
@@ -173,6 +174,17 @@ class ParameterSpace:
             torch.zeros(p.numel(), dtype=p.dtype) if g is None else g.reshape(-1)
             for p, g in zip(self.parameters, tensors, strict=True)
         ])
+
+    def add_flat(self, out: torch.Tensor,
+                 tensors: Sequence[torch.Tensor | None]) -> torch.Tensor:
+        """``out += flatten(tensors)`` in place (None counts as zeros); returns ``out``."""
+        offset = 0
+        for p, g in zip(self.parameters, tensors, strict=True):
+            n = p.numel()
+            if g is not None:
+                out[offset:offset + n].add_(g.reshape(-1))
+            offset += n
+        return out
 
     @contextmanager
     def frozen(self) -> Iterator[None]:
@@ -224,7 +236,7 @@ class Posterior:
         generator = torch.Generator().manual_seed(self.config.seed)
         self.head = ForceNoiseHead(model.feature_dim, self.config.head_hidden,
                                    self.config.force_sigma_scale, generator=generator)
-        self.space = ParameterSpace([model.module, self.head])
+        self.space = ParameterSpace([model.parameters(), self.head])
         pretrained = model.pretrained
         self.fingerprint = _fingerprint(pretrained)
         self.theta0 = torch.cat([pretrained, ParameterSpace([self.head]).vector()])
@@ -242,6 +254,7 @@ class Posterior:
         )
         self.data: list[StructureRecord] = []
         self._prepared: list[Any] = []
+        self._batch_cache: tuple[Any, Any, Targets] | None = None
         self.energy_offset: float | None = None
         self.n_updates = 0
         #: identifies this object and the version of its chains (pool workers cache them)
@@ -297,16 +310,16 @@ class Posterior:
         """
         batch = self.model.collate([self.model.prepare(r) for r in records])
         outputs = []
-        for theta in (self.state.theta if thetas is None else thetas):
-            self.space.load(theta)
-            with self.space.frozen():
+        with self.space.frozen():  # once for all chains: no parameter gradients needed
+            for theta in (self.state.theta if thetas is None else thetas):
+                self.space.load(theta)
                 out, sigma = self._forward(batch, compute_stress, create_graph=False)
-            outputs.append(ChainOutput(
-                energy=out.energy.detach().double().numpy(),
-                forces=out.forces.detach().double().numpy(),
-                force_sigma=sigma.detach().double().numpy(),
-                stress=None if out.stress is None else out.stress.detach().double().numpy(),
-                n_atoms=out.n_atoms.numpy()))
+                outputs.append(ChainOutput(
+                    energy=out.energy.detach().double().numpy(),
+                    forces=out.forces.detach().double().numpy(),
+                    force_sigma=sigma.detach().double().numpy(),
+                    stress=None if out.stress is None else out.stress.detach().double().numpy(),
+                    n_atoms=out.n_atoms.numpy()))
         return outputs
 
     def combine(self, outputs: Sequence[ChainOutput]) -> EnsemblePrediction:
@@ -357,12 +370,28 @@ class Posterior:
     def _targets(self, indices: np.ndarray) -> Targets:
         return Targets.from_records([self.data[i] for i in indices], self.energy_offset or 0.0)
 
+    def _minibatch(self, indices: np.ndarray) -> tuple[Any, Targets]:
+        """The collated model input and the label tensors of a minibatch.
+
+        The last one is kept: while the data set is no larger than a minibatch (early in
+        a run) every step of every chain uses the same one, and collating it again and
+        rebuilding its labels from numpy at each step is pure overhead. Evaluation never
+        writes into a collated batch (the adapters copy what the model mutates).
+        """
+        key = (tuple(int(i) for i in indices), len(self.data), self.energy_offset)
+        cached = self._batch_cache
+        if cached is not None and cached[0] == key:
+            return cached[1], cached[2]
+        batch = self.model.collate([self._prepared[i] for i in indices])
+        targets = self._targets(indices)
+        self._batch_cache = (key, batch, targets)
+        return batch, targets
+
     def _chain_gradient(self, theta: torch.Tensor, indices: np.ndarray,
                         weights: np.ndarray) -> torch.Tensor:
         """grad of U/N for one chain on one minibatch: prior in closed form + autograd."""
         self.space.load(theta)
-        batch = self.model.collate([self._prepared[i] for i in indices])
-        targets = self._targets(indices)
+        batch, targets = self._minibatch(indices)
         compute_stress = bool(targets.stress_mask.any())
         out, sigma = self._forward(batch, compute_stress, create_graph=True)
         ll = log_likelihood(out.energy, out.forces, sigma, targets,
@@ -371,8 +400,11 @@ class Posterior:
         weights_t = torch.as_tensor(weights, dtype=ll.dtype)
         loss = -(weights_t * ll).mean()
         grads = torch.autograd.grad(loss, self.space.parameters, allow_unused=True)
-        n_data = len(self.data)
-        return self.space.flatten(grads) + self.prior.grad_neg_log_prob(theta) / n_data
+        # prior/N in closed form, then the likelihood gradients added slice by slice into
+        # it (no concatenated copy); the same floating-point sums as flatten(grads) + prior
+        total = self.prior.grad_neg_log_prob(theta)
+        total.div_(len(self.data))
+        return self.space.add_flat(total, grads)
 
     def chain_state(self, chain: int) -> sghmc.SGHMCState:
         """A [1, P] view of one chain's sampler state (writes go to the stacked state)."""

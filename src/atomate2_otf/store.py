@@ -7,7 +7,7 @@ Only this module knows how checkpoints are laid out. Jobs receive a :class:`jobf
   ``data`` the posterior bytes base64-encoded (maggma stores JSON-encode what they hold);
 - ``"trajectories"`` (optional): one document per MD segment with its sampled frames.
 
-Nothing here assumes a store class: any maggma Store works (MontyStore embedded by default,
+Nothing here assumes a store class: any maggma Store works (SQLiteStore embedded by default,
 MongoStore/GridFSStore in production), so documents stay small in the docs store and large
 blobs go where the JobStore's configuration puts them.
 """
@@ -34,23 +34,21 @@ TRAJECTORY_STORE = "trajectories"
 def embedded_job_store(folder: str | Path) -> JobStore:
     """A file-backed JobStore in ``folder`` (created if missing): no server needed.
 
-    maggma MontyStores with SQLite storage (MontyDB's flat-file storage loses concurrent
-    writes): ``outputs`` for job documents, plus the ``checkpoints`` and ``trajectories``
-    additional stores. Reopening the same folder gives the same data.
+    One SQLite file, ``folder/otf.sqlite``, with three collections (see
+    :class:`~atomate2_otf.sqlite_store.SQLiteStore`, and why not MontyDB): ``outputs`` for
+    job documents, plus the ``checkpoints`` and ``trajectories`` additional stores.
+    Reopening the same folder gives the same data.
     """
     from jobflow import JobStore
-    from maggma.stores import MontyStore
+
+    from atomate2_otf.sqlite_store import SQLiteStore
 
     folder = Path(folder).expanduser().resolve()
     folder.mkdir(parents=True, exist_ok=True)
-
-    def monty(collection: str) -> MontyStore:
-        return MontyStore(collection, database_path=str(folder), database_name="otf",
-                          storage="sqlite", key="uuid" if collection == "outputs" else "_key")
-
-    return JobStore(monty("outputs"), additional_stores={
-        CHECKPOINT_STORE: monty(CHECKPOINT_STORE),
-        TRAJECTORY_STORE: monty(TRAJECTORY_STORE),
+    database = str(folder / "otf.sqlite")
+    return JobStore(SQLiteStore("outputs", database, key="uuid"), additional_stores={
+        CHECKPOINT_STORE: SQLiteStore(CHECKPOINT_STORE, database, key="_key"),
+        TRAJECTORY_STORE: SQLiteStore(TRAJECTORY_STORE, database, key="_key"),
     })
 
 

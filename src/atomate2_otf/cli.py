@@ -24,7 +24,7 @@ DEFAULT_STORE = "otf-store"
 
 #: the demo: small enough for 2 CPU cores in minutes, the paper's ethanol setting otherwise
 DEMO = {"temperature": 300.0, "steps": 1000, "timestep": 0.5, "threshold_kcal": 1.0,
-        "chains": 4, "update_steps": 200, "initial_update_steps": 400}
+        "chains": 4, "update_steps": 100, "initial_update_steps": 200}
 
 
 class UsageError(Exception):

@@ -62,10 +62,18 @@ class EMTStaticMaker(EmtRelaxMaker):
     relax_cell: bool = False
 
 
+def _vasp_static() -> Maker:
+    """atomate2's VASP StaticMaker with MP-compatible labelling settings (reference.vasp)."""
+    from atomate2_otf.reference.vasp import vasp_reference_maker
+
+    return vasp_reference_maker()
+
+
 _REFERENCES: dict[str, Callable[[], Maker]] = {
     "gfn2-xtb": GFN2xTBStaticMaker,
     "gfn1-xtb": GFN1xTBStaticMaker,
     "emt": EMTStaticMaker,
+    "vasp": _vasp_static,
 }
 
 

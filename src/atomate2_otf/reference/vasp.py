@@ -1,0 +1,294 @@
+"""atomate2's VASP ``StaticMaker`` set up for on-the-fly labelling (the cluster reference).
+
+Input settings: the Materials Project's GGA/GGA+U static set
+--------------------------------------------------------------------
+The foundation models this package fine-tunes by default (CHGNet, MACE-MP-0, SevenNet-0)
+were trained on MPtrj: Materials Project GGA and GGA+U calculations made with pymatgen's
+``MPRelaxSet``/``MPStaticSet`` settings: PBE with MP's (legacy ``PBE``) POTCARs,
+ENCUT = 520 eV, PREC = Accurate, spin-polarised (ISPIN = 2, MP's initial MAGMOMs), MP's
+Hubbard U for oxides and fluorides of Co, Cr, Fe, Mn, Mo, Ni, V, W, LASPH. Labels made with
+the same Hamiltonian are what the fine-tuning posterior must agree with, so the input set
+is pymatgen's ``MPStaticSet`` (the set atomate2's own ``MPGGAStaticMaker`` uses), **not**
+atomate2's default ``StaticSetGenerator``, which is PBEsol with other POTCARs.
+
+MP's energy corrections (MP2020) depend only on the composition; a run's composition is
+fixed, so they are one constant per run, which the posterior's energy offset (set from the
+first label) absorbs. Nothing needs correcting here.
+
+What is changed from MPStaticSet, and why
+-----------------------------------------
+The MP set adapts itself per structure and per previous calculation; an on-the-fly run
+compares labels made hundreds of calls apart, so every setting must be the same for every
+call of a run:
+
+- ``ISYM = 0``: MD snapshots have no symmetry; symmetrisation would also make the k-mesh
+  reduction (and so the numerical noise) depend on how close a snapshot is to symmetric.
+- ``NSW = 0, IBRION = -1, ISIF = 2``: one single point, forces and the stress tensor
+  computed (ISIF = 0 would skip the stress).
+- ``ISMEAR = 0, SIGMA = 0.05``: Gaussian smearing is valid for metals and insulators
+  alike. MP's static set uses the tetrahedron method (ISMEAR = -5), whose forces and stress
+  are not consistent with its energy in metals, and which pymatgen (too few k-points) and
+  custodian (``IncorrectSmearingHandler``) replace per calculation.
+- ``EDIFF = 1e-6`` eV (per cell, not MP's 5e-5 eV per atom): forces converge with the
+  square root of the energy tolerance; this does not change the Hamiltonian.
+- ``LCHARG = LWAVE = False``, no ``LORBIT``: no charge density, wavefunctions or
+  projections are written; a label needs none.
+- No auto-adjustment: ``auto_ismear``, ``auto_ispin``, ``auto_kspacing``, ``auto_lreal``,
+  ``auto_metal_kpoints`` and ``inherit_incar`` are off, so nothing depends on a previous
+  calculation's band gap or INCAR.
+- ``sort_structure = False``: the forces must come back in the order of the trigger's
+  atoms (sorting by electronegativity would permute them in multi-element cells).
+- k-points: MP's static density (``reciprocal_density = 100``, Gamma-centred). The mesh
+  depends only on the cell, so it is the same for every call of an NVT/NVE run. For NPT,
+  pass the starting ``structure``: its mesh is then fixed for the whole run instead of
+  jumping (e.g. 6x6x6 -> 7x7x7) as the cell changes. ENCUT is fixed at 520 eV throughout.
+
+Custodian
+---------
+atomate2 runs VASP under custodian. The handlers here fix crashes and SCF trouble by
+numerical means only (algorithm, mixing, bands, LREAL): ``VaspErrorHandler``,
+``UnconvergedErrorHandler``, ``NonConvergingErrorHandler``, ``PositiveEnergyErrorHandler``,
+``FrozenJobErrorHandler``, ``StdErrHandler``. atomate2's defaults also include handlers
+that change the physics between calls (``LargeSigmaHandler`` lowers SIGMA,
+``IncorrectSmearingHandler`` switches ISMEAR, ``KspacingMetalHandler`` changes KSPACING)
+or that only apply to relaxations or symmetry (``PotimErrorHandler``,
+``MeshSymmetryErrorHandler``); those are left out. Custodian polls the VASP process every
+second (its default, 10 s, would add up to 10 s to each of hundreds of calls).
+
+How to change it
+----------------
+``vasp_reference_maker(user_incar_settings={"ISPIN": 1})`` overrides INCAR tags (``None``
+removes one), ``user_kpoints_settings``/``reciprocal_density`` the mesh,
+``user_potcar_functional``/``user_potcar_settings`` the POTCARs (r2SCAN-trained models:
+start from ``MPScanStaticSet`` via ``input_set_generator=``), ``handlers`` the custodian
+handlers, ``vasp_cmd`` the command (default: atomate2's ``VASP_CMD`` setting, i.e.
+``~/.atomate2.yaml`` or ``ATOMATE2_VASP_CMD`` on the machine that runs the job). Any other
+``StaticMaker`` field (``write_input_set_kwargs``, ``task_document_kwargs``, ...) passes
+through.
+
+POTCARs come from pymatgen's ``PMG_VASP_PSP_DIR`` on the worker. Tests, which have no
+licensed POTCARs, pass ``write_input_set_kwargs={"potcar_spec": True}``: atomate2 then
+writes ``POTCAR.spec`` (the symbols) instead (see ``tests/fake_vasp``).
+
+Each reference job must run in its own directory (FireWorks and jobflow-remote do so;
+``run_locally`` needs ``create_folders=True``). In a reused directory custodian decompresses
+the previous call's ``POSCAR.gz`` over the new ``POSCAR`` and the job silently labels the
+previous structure, so :class:`LabellingStaticMaker` refuses a directory with files of an
+earlier VASP run. It also refuses a ``Molecule`` (VASP needs a periodic cell).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from atomate2.vasp.jobs.base import vasp_job
+from atomate2.vasp.jobs.core import StaticMaker
+from custodian.vasp.handlers import (
+    FrozenJobErrorHandler,
+    NonConvergingErrorHandler,
+    PositiveEnergyErrorHandler,
+    StdErrHandler,
+    UnconvergedErrorHandler,
+    VaspErrorHandler,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from custodian.custodian import ErrorHandler
+    from jobflow import Response
+    from pymatgen.core import Structure
+    from pymatgen.io.vasp.inputs import Kpoints
+    from pymatgen.io.vasp.sets import VaspInputSet
+
+logger = logging.getLogger(__name__)
+
+#: INCAR tags every labelling call uses on top of MP's GGA(+U) settings (module docstring)
+LABELLING_INCAR: dict[str, Any] = {
+    "ISYM": 0,
+    "NSW": 0,
+    "IBRION": -1,
+    "ISIF": 2,
+    "ISMEAR": 0,
+    "SIGMA": 0.05,
+    "EDIFF": 1e-6,
+    "LREAL": False,
+    "LCHARG": False,
+    "LWAVE": False,
+    "LORBIT": None,
+}
+
+#: MP's k-point density for static calculations (k-points per reciprocal atom volume)
+MP_STATIC_RECIPROCAL_DENSITY = 100
+
+#: custodian handlers whose corrections are numerical only (module docstring)
+LABELLING_HANDLERS: tuple[ErrorHandler, ...] = (
+    VaspErrorHandler(),
+    UnconvergedErrorHandler(),
+    NonConvergingErrorHandler(),
+    PositiveEnergyErrorHandler(),
+    FrozenJobErrorHandler(),
+    StdErrHandler(),
+)
+
+#: custodian polls VASP every second; monitors (error scans of vasp.out, OSZICAR) each minute
+LABELLING_CUSTODIAN_KWARGS: dict[str, Any] = {"polling_time_step": 1, "monitor_freq": 60}
+
+
+#: files an earlier VASP/custodian run leaves behind (custodian decompresses ``*.gz`` inputs
+#: over the new ones before it starts VASP, and stale outputs would be parsed as new)
+_STALE_PATTERNS = ("vasprun.xml*", "OUTCAR*", "OSZICAR*", "CONTCAR*", "custodian.json*",
+                   "INCAR*", "POSCAR*", "KPOINTS*", "POTCAR*")
+
+
+def check_fresh_directory(directory: Path) -> None:
+    """Refuse a job directory that holds files of an earlier VASP calculation.
+
+    Seen with atomate2 0.1.5 + custodian: two reference jobs run in one directory
+    (``run_locally`` without ``create_folders=True``) make the second job label the
+    *first* structure, silently, because custodian decompresses the first job's
+    ``POSCAR.gz`` over the freshly written ``POSCAR``.
+    """
+    stale = sorted({p.name for pattern in _STALE_PATTERNS for p in directory.glob(pattern)})
+    if stale:
+        raise ValueError(
+            f"the VASP reference job would run in {str(directory)!r}, which already holds "
+            f"files of an earlier VASP calculation ({', '.join(stale[:6])}); custodian would "
+            f"reuse its inputs and the label would belong to another structure. Run each job "
+            f"in its own directory: jobflow's run_locally(..., create_folders=True) "
+            f"(FireWorks and jobflow-remote always do)")
+
+
+@dataclass
+class LabellingStaticMaker(StaticMaker):
+    """atomate2's VASP ``StaticMaker`` that checks its inputs before any file is written:
+    a periodic structure, and a job directory no earlier VASP run has used."""
+
+    name: str = "VASP static (MP PBE)"
+
+    @vasp_job
+    def make(self, structure: Structure, prev_dir: str | Path | None = None) -> Response:
+        """Run one VASP single point (atomate2's StaticMaker.make after the checks)."""
+        from pymatgen.core import Structure
+
+        if not isinstance(structure, Structure):
+            raise ValueError(
+                f"VASP needs a periodic cell, got a {type(structure).__name__} "
+                f"({getattr(structure, 'composition', '?')}); put a molecule in a box "
+                f"(periodic ASE Atoms) or use a molecular reference")
+        if prev_dir is None:
+            check_fresh_directory(Path.cwd())
+        return StaticMaker.make.original(self, structure, prev_dir=prev_dir)
+
+
+def fixed_kpoints(structure: Structure,
+                  reciprocal_density: int = MP_STATIC_RECIPROCAL_DENSITY) -> Kpoints:
+    """The Gamma-centred mesh MP's static set gives ``structure``, to keep for a whole run."""
+    from pymatgen.io.vasp.inputs import Kpoints
+
+    if int(reciprocal_density) < 1:
+        raise ValueError(f"reciprocal_density must be >= 1, got {reciprocal_density!r}")
+    return Kpoints.automatic_density_by_vol(structure, int(reciprocal_density), force_gamma=True)
+
+
+def labelling_input_set(
+    structure: Structure | None = None,
+    *,
+    reciprocal_density: int = MP_STATIC_RECIPROCAL_DENSITY,
+    user_incar_settings: dict[str, Any] | None = None,
+    user_kpoints_settings: dict[str, Any] | Kpoints | None = None,
+    user_potcar_functional: str | None = None,
+    user_potcar_settings: dict[str, str] | None = None,
+) -> VaspInputSet:
+    """pymatgen's ``MPStaticSet`` with the labelling settings of the module docstring.
+
+    ``structure`` (optional) fixes the k-mesh to the one MP's density gives that cell;
+    without it the mesh follows each call's cell (the same for every call at fixed cell).
+    ``user_kpoints_settings`` overrides both.
+    """
+    from pymatgen.io.vasp.sets import MPStaticSet
+
+    if int(reciprocal_density) < 1:
+        raise ValueError(f"reciprocal_density must be >= 1, got {reciprocal_density!r}")
+    if user_kpoints_settings is None:
+        user_kpoints_settings = ({"reciprocal_density": int(reciprocal_density)}
+                                 if structure is None
+                                 else fixed_kpoints(structure, reciprocal_density))
+    incar = {**LABELLING_INCAR, **(user_incar_settings or {})}
+    if incar.get("ISYM") not in (0, -1):
+        logger.warning("ISYM=%r: symmetry stays on; MD snapshots of one run may then be "
+                       "treated differently", incar.get("ISYM"))
+    return MPStaticSet(
+        reciprocal_density=int(reciprocal_density),
+        force_gamma=True,
+        sort_structure=False,
+        inherit_incar=False,
+        auto_ismear=False,
+        auto_ispin=False,
+        auto_kspacing=False,
+        auto_lreal=False,
+        auto_metal_kpoints=False,
+        reduce_structure=None,
+        standardize=False,
+        user_incar_settings=incar,
+        user_kpoints_settings=user_kpoints_settings,
+        user_potcar_functional=user_potcar_functional,
+        user_potcar_settings=dict(user_potcar_settings or {}),
+    )
+
+
+def vasp_reference_maker(
+    structure: Structure | None = None,
+    *,
+    name: str = "VASP static (MP PBE)",
+    reciprocal_density: int = MP_STATIC_RECIPROCAL_DENSITY,
+    user_incar_settings: dict[str, Any] | None = None,
+    user_kpoints_settings: dict[str, Any] | Kpoints | None = None,
+    user_potcar_functional: str | None = None,
+    user_potcar_settings: dict[str, str] | None = None,
+    input_set_generator: VaspInputSet | None = None,
+    vasp_cmd: str | None = None,
+    vasp_gamma_cmd: str | None = None,
+    handlers: Sequence[ErrorHandler] | None = None,
+    custodian_kwargs: dict[str, Any] | None = None,
+    run_vasp_kwargs: dict[str, Any] | None = None,
+    **maker_kwargs: Any,
+) -> LabellingStaticMaker:
+    """atomate2's VASP ``StaticMaker`` configured for labelling (see the module docstring).
+
+    Args:
+        structure: optional; fixes the k-mesh to this cell's for the whole run (NPT).
+        name: the job name (also the run's ``reference`` field).
+        reciprocal_density, user_incar_settings, user_kpoints_settings,
+        user_potcar_functional, user_potcar_settings: see :func:`labelling_input_set`.
+        input_set_generator: use this input set instead of the MP one (the settings above
+            are then not applied).
+        vasp_cmd, vasp_gamma_cmd: commands; None uses atomate2's ``VASP_CMD`` /
+            ``VASP_GAMMA_CMD`` of the machine that runs the job.
+        handlers: custodian handlers (default :data:`LABELLING_HANDLERS`).
+        custodian_kwargs: ``Custodian`` options (default :data:`LABELLING_CUSTODIAN_KWARGS`).
+        run_vasp_kwargs: further :func:`atomate2.vasp.run.run_vasp` arguments (job_type,
+            max_errors, wall_time, ...); the arguments above take precedence.
+        **maker_kwargs: other ``StaticMaker`` fields, e.g.
+            ``write_input_set_kwargs={"potcar_spec": True}`` for tests without POTCARs.
+    """
+    generator = input_set_generator if input_set_generator is not None else labelling_input_set(
+        structure, reciprocal_density=reciprocal_density,
+        user_incar_settings=user_incar_settings, user_kpoints_settings=user_kpoints_settings,
+        user_potcar_functional=user_potcar_functional,
+        user_potcar_settings=user_potcar_settings)
+    run_kwargs: dict[str, Any] = dict(run_vasp_kwargs or {})
+    run_kwargs["handlers"] = list(LABELLING_HANDLERS if handlers is None else handlers)
+    run_kwargs["custodian_kwargs"] = {**LABELLING_CUSTODIAN_KWARGS,
+                                      **run_kwargs.get("custodian_kwargs", {}),
+                                      **(custodian_kwargs or {})}
+    for key, value in (("vasp_cmd", vasp_cmd), ("vasp_gamma_cmd", vasp_gamma_cmd)):
+        if value is not None:
+            if not str(value).strip():
+                raise ValueError(f"{key} must be a non-empty command, got {value!r}")
+            run_kwargs[key] = str(value)
+    return LabellingStaticMaker(name=name, input_set_generator=generator,
+                                run_vasp_kwargs=run_kwargs, **maker_kwargs)

@@ -23,6 +23,9 @@ from tests.fake_vasp import (
 )
 from tests.reference_vasp.helpers import copper, emt_values
 
+#: POTCAR.spec stands in for the licensed POTCARs; pymatgen's Vasprun looks for them anyway
+pytestmark = pytest.mark.filterwarnings("ignore:No POTCAR file with matching TITEL:UserWarning")
+
 
 def run_static(maker, atoms, root: Path):
     """One reference job under run_locally in its own folder: (task document, job folder)."""

@@ -1,10 +1,14 @@
 """A full on-the-fly run with atomate2's VASP StaticMaker (the EMT stand-in as VASP)."""
 
 import numpy as np
+import pytest
 
 from atomate2_otf.flows import OTFMDMaker
 from tests.fake_vasp import fake_vasp_maker
 from tests.reference_vasp.helpers import copper, emt_values, final_labels, record_atoms, run_otf
+
+#: POTCAR.spec stands in for the licensed POTCARs; pymatgen's Vasprun looks for them anyway
+pytestmark = pytest.mark.filterwarnings("ignore:No POTCAR file with matching TITEL:UserWarning")
 
 
 def test_otf_run_with_vasp_static_maker_labels_equal_emt(store, tmp_path):

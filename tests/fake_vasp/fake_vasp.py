@@ -8,14 +8,16 @@ structure with ASE's EMT (default) or GFN1-xTB (tblite), and writes what atomate
 reads: ``vasprun.xml``, ``OUTCAR``, ``OSZICAR``, ``CONTCAR`` and ``vasp.out`` text on stdout.
 
 Only what matters for labels is emulated, the way VASP does it:
-- energies: EMT's energy (``--energy-shift`` added, to emulate a reference with another
+- energies: the calculator's (``--energy-shift`` added, to emulate a reference with another
   energy zero); no smearing, so free energy = energy without entropy = energy(sigma->0);
 - forces in eV/A; stress only when ISIF >= 1 (VASP computes none for ISIF = 0), written
   in kbar with VASP's sign (positive = compressive: ``kbar = -10 * stress_ASE / GPa``);
-- one SCF step, one ionic step; NSW > 0 or an IBRION that moves ions is refused (exit 1),
-  as is a run without POTCAR/POTCAR.spec or POSCAR.
+- one SCF step, one ionic step; a run that would move ions (NSW > 0 with IBRION != -1) is
+  refused (non-zero exit, as a crashed VASP), as is one without POSCAR, INCAR or a
+  POTCAR/POTCAR.spec.
 
-It imports only numpy and ASE (tblite when asked for), so each call costs well under a
+No eigenvalues or DOS are written (emmet logs "Error in parsing bandstructure" and leaves
+the band gap empty). It imports only numpy and ASE (tblite when asked for), so each call costs well under a
 second. ``python fake_vasp.py --help`` lists the options.
 """
 
@@ -166,10 +168,8 @@ def write_vasprun(atoms, incar: dict, parameters: dict, titles: list[str], kpoin
     blocks = species_blocks(symbols)
     style, divisions = kpoints
     mesh = _mesh(style, divisions)
-    type_of = {}
     atom_rows, type_rows = [], []
     for i, (symbol, count) in enumerate(blocks):
-        type_of.setdefault(i, symbol)
         type_rows.append(f"    <rc><c>{count:4d}</c><c>{symbol:2s}</c><c>{1.0:16.8f}</c>"
                          f"<c>{1.0:16.8f}</c><c>  {escape(titles[min(i, len(titles) - 1)])}"
                          f"</c></rc>")

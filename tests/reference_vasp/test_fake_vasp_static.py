@@ -18,6 +18,7 @@ from atomate2_otf.reference import label_from_output
 from tests.fake_vasp import (
     FAKE_CUSTODIAN_KWARGS,
     FAKE_VASP_HANDLERS,
+    FAKE_VASP_SCRIPT,
     fake_vasp_command,
     fake_vasp_maker,
 )
@@ -144,3 +145,43 @@ def test_custodian_kwargs_of_the_stand_in_are_only_timing():
     maker = fake_vasp_maker()
     assert maker.run_vasp_kwargs["custodian_kwargs"] == FAKE_CUSTODIAN_KWARGS
     assert maker.write_input_set_kwargs == {"potcar_spec": True}
+
+
+def test_gfn1_xtb_option_labels_a_silicon_cell(tmp_path):
+    """The stand-in's second calculator: GFN1-xTB (tblite) for elements EMT lacks."""
+    pytest.importorskip("tblite")
+    from ase.build import bulk
+    from tblite.ase import TBLite
+
+    atoms = bulk("Si", "diamond", a=5.43)
+    atoms.rattle(0.02, seed=1)
+    doc, _ = run_static(fake_vasp_maker(calculator="gfn1-xtb"), atoms, tmp_path)
+    label = label_from_output(doc, len(atoms))
+    reference = atoms.copy()
+    reference.calc = TBLite(method="GFN1-xTB", verbosity=0)
+    assert abs(label.energy - reference.get_potential_energy()) < 1e-6
+    np.testing.assert_allclose(label.forces, reference.get_forces(), atol=1e-6)
+    np.testing.assert_allclose(label.stress, reference.get_stress(voigt=False), atol=1e-8)
+
+
+def test_stand_in_behaves_like_vasp_on_its_inputs(tmp_path):
+    """No POTCAR: no run. ISIF = 0: no stress. NSW > 0 with moving ions: refused."""
+    from pymatgen.io.vasp import Vasprun
+
+    atoms = copper()
+    atoms.write(tmp_path / "POSCAR", format="vasp")
+    command = [sys.executable, str(FAKE_VASP_SCRIPT)]
+
+    def run(incar: str):
+        (tmp_path / "INCAR").write_text(incar)
+        return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True,
+                              timeout=60, check=False)
+
+    result = run("ISIF = 0\n")
+    assert result.returncode != 0 and "no POTCAR or POTCAR.spec" in result.stderr
+    (tmp_path / "POTCAR.spec").write_text("Cu_pv\n")
+    assert run("ISIF = 0\nNSW = 0\n").returncode == 0
+    step = Vasprun(str(tmp_path / "vasprun.xml"), parse_potcar_file=False).ionic_steps[-1]
+    assert "stress" not in step and np.asarray(step["forces"]).shape == (4, 3)
+    result = run("NSW = 5\nIBRION = 2\n")
+    assert result.returncode != 0 and "only single points" in result.stderr

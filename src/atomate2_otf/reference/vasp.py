@@ -52,8 +52,13 @@ numerical means only (algorithm, mixing, bands, LREAL): ``VaspErrorHandler``,
 that change the physics between calls (``LargeSigmaHandler`` lowers SIGMA,
 ``IncorrectSmearingHandler`` switches ISMEAR, ``KspacingMetalHandler`` changes KSPACING)
 or that only apply to relaxations or symmetry (``PotimErrorHandler``,
-``MeshSymmetryErrorHandler``); those are left out. Custodian polls the VASP process every
-second (its default, 10 s, would add up to 10 s to each of hundreds of calls).
+``MeshSymmetryErrorHandler``); those are left out. Every correction custodian makes is
+recorded in the task document (``custodian`` field) of that call. Custodian polls the VASP
+process every second (its default, 10 s, would add up to 10 s to each of hundreds of calls).
+
+atomate2 also applies the worker's ``VASP_INCAR_UPDATES`` setting to every INCAR: meant for
+parallelisation tags (NCORE, KPAR), it must hold nothing that changes the physics, or two
+workers of one run would label with different Hamiltonians.
 
 How to change it
 ----------------

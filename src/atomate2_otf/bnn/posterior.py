@@ -35,7 +35,57 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
+#: formats from_bytes still reads (1: the data set as a list of plain dicts)
+READABLE_FORMATS = (1, 2)
+
+
+def pack_records(records: Sequence[StructureRecord]) -> dict[str, torch.Tensor]:
+    """The labelled data set as a few flat tensors (float64, exact).
+
+    torch's weights-only unpickler is pure Python: a data set stored as nested lists cost
+    tens of ms per load at a few dozen structures and grew with every label, and each MD
+    segment loads the checkpoint once.
+    """
+    def stress(r: StructureRecord) -> np.ndarray:
+        return np.full((3, 3), np.nan) if r.stress is None else r.stress
+
+    if not records:
+        return {"n_atoms": torch.zeros(0, dtype=torch.long)}
+    return {
+        "n_atoms": torch.tensor([r.n_atoms for r in records], dtype=torch.long),
+        "numbers": torch.from_numpy(np.concatenate([r.numbers for r in records])),
+        "positions": torch.from_numpy(np.concatenate([r.positions for r in records])),
+        "cell": torch.from_numpy(np.stack([r.cell for r in records])),
+        "pbc": torch.from_numpy(np.stack([r.pbc for r in records])),
+        "energy": torch.tensor([np.nan if r.energy is None else r.energy for r in records],
+                               dtype=torch.float64),
+        "forces": torch.from_numpy(np.concatenate([
+            np.full((r.n_atoms, 3), np.nan) if r.forces is None else r.forces
+            for r in records])),
+        "has_stress": torch.tensor([r.stress is not None for r in records]),
+        "stress": torch.from_numpy(np.stack([stress(r) for r in records])),
+    }
+
+
+def unpack_records(packed: dict[str, torch.Tensor]) -> list[StructureRecord]:
+    """Inverse of :func:`pack_records`."""
+    n_atoms = packed["n_atoms"].tolist()
+    if not n_atoms:
+        return []
+    bounds = np.cumsum([0, *n_atoms])
+    arrays = {k: v.numpy() for k, v in packed.items()}
+    records = []
+    for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        energy = float(arrays["energy"][i])
+        forces = arrays["forces"][lo:hi]
+        records.append(StructureRecord(
+            numbers=arrays["numbers"][lo:hi], positions=arrays["positions"][lo:hi],
+            cell=arrays["cell"][i], pbc=arrays["pbc"][i],
+            energy=None if np.isnan(energy) else energy,
+            forces=None if np.isnan(forces).all() else forces,
+            stress=arrays["stress"][i] if arrays["has_stress"][i] else None))
+    return records
 
 
 @dataclass
@@ -463,7 +513,7 @@ class Posterior:
             "theta0_head": self.theta0[-self._head_size():],
             "v": self.state.v if keep_mass else None,
             "v_hat": self.state.v_hat if keep_mass else None,
-            "data": [r.to_dict() for r in self.data],
+            "data": pack_records(self.data),
             "energy_offset": self.energy_offset,
             "calibration": self.calibration.to_dict(),
             "n_updates": self.n_updates,
@@ -480,9 +530,9 @@ class Posterior:
     def from_bytes(cls, blob: bytes, model: FoundationModel | None = None) -> Posterior:
         """Rebuild a posterior from :meth:`to_bytes`; the model is reloaded by name if not given."""
         payload = torch.load(io.BytesIO(blob), weights_only=True)
-        if payload.get("format") != CHECKPOINT_FORMAT:
+        if payload.get("format") not in READABLE_FORMATS:
             raise ValueError(f"unsupported checkpoint format {payload.get('format')!r}; "
-                             f"this version reads format {CHECKPOINT_FORMAT}")
+                             f"this version reads formats {READABLE_FORMATS}")
         if model is None:
             from atomate2_otf.models.base import load_model
 
@@ -502,7 +552,8 @@ class Posterior:
         if payload["v"] is not None:
             posterior.state.v.copy_(payload["v"])
             posterior.state.v_hat.copy_(payload["v_hat"])
-        records = [StructureRecord.from_dict(d) for d in payload["data"]]
+        records = (unpack_records(payload["data"]) if payload["format"] >= 2
+                   else [StructureRecord.from_dict(d) for d in payload["data"]])
         posterior.data = records
         posterior._prepared = [model.prepare(r) for r in records]
         posterior.energy_offset = payload["energy_offset"]

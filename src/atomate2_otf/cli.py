@@ -121,7 +121,10 @@ def run_flow(maker, structure: Any, store_folder: str, verbose: bool = False):
     store = _open_store(store_folder)
     jobs_dir = Path(store_folder).expanduser() / "jobs"
     jobs_dir.mkdir(parents=True, exist_ok=True)
-    run_locally(flow, store=store, root_dir=jobs_dir, log=verbose, ensure_success=False)
+    # one folder per job: file-based codes (VASP through custodian) must not see the
+    # previous call's files
+    run_locally(flow, store=store, root_dir=jobs_dir, create_folders=True, log=verbose,
+                ensure_success=False)
     doc = read_run_doc(store, flow.output.uuid)
     if doc is None:
         raise RuntimeError(f"the run did not finish; see the log (rerun with -v) and the "

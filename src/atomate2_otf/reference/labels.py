@@ -61,6 +61,9 @@ def label_from_output(output: Any, n_atoms: int, *, where: str = "reference") ->
         energy, forces, stress_raw = (_get(inner, k) for k in ("energy", "forces", "stress"))
         stress = None if stress_raw is None else kbar_to_ase_stress(stress_raw)
         elapsed = _get(inner, "elapsed_time")
+        if elapsed is None:  # VASP task documents: custodian's run statistics
+            overall = (_get(output, "run_stats") or {}).get("overall")
+            elapsed = None if overall is None else _get(overall, "elapsed_time")
     else:
         energy, forces, stress_raw = (_get(output, k) for k in ("energy", "forces", "stress"))
         if stress_raw is not None and _get(output, "stress_unit") != "eV/A^3":

@@ -65,14 +65,9 @@ def _cycles(store, cycles: int):
     return read_run_doc(store, flow.output.uuid)
 
 
-def test_1000_replace_cycles_under_run_locally():
-    """No RecursionError; every cycle's call recorded. (Peak RSS at 100 and 1000 cycles:
-    benchmarks/replace_cycles.py, one process per count.)"""
-    from jobflow import JobStore
-    from maggma.stores import MemoryStore
-
-    store = JobStore(MemoryStore(), additional_stores={"checkpoints": MemoryStore(),
-                                                       "trajectories": MemoryStore()})
+def test_1000_replace_cycles_under_run_locally(store):
+    """No RecursionError; every cycle's call recorded, on the embedded store. (Peak RSS at
+    100 and 1000 cycles: benchmarks/replace_cycles.py, one process per count.)"""
     doc = _cycles(store, 1000)
     assert doc is not None and doc.n_md_steps == 1000
     assert doc.n_reference_calls == 1001

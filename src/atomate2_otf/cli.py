@@ -218,8 +218,9 @@ def status_rows(store) -> list[dict[str, Any]]:
                        reference_calls=output.get("n_reference_calls"),
                        share_above_k=output.get("share_above_threshold"),
                        wall_s=(output.get("timings") or {}).get("total"))
-        if isinstance(output, dict) and "state" in output:
-            row["md_steps"] = max(row["md_steps"] or 0, int(output["state"].get("step", 0)))
+        if isinstance(output, dict) and row["state"] == "running":
+            step = output.get("md_step", (output.get("state") or {}).get("step", 0))
+            row["md_steps"] = max(row["md_steps"] or 0, int(step))
     return sorted(rows.values(), key=lambda r: r["run_id"])
 
 

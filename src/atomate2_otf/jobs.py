@@ -298,7 +298,8 @@ def md_segment(checkpoint: str, state: dict[str, Any], index: int, config: dict[
     _ensure_recursion_headroom()
     return Response(replace=Flow([reference, update, following], output=following.output,
                                  name=f"otf cycle {k}"),
-                    output={"run_id": cfg.run_id, "segment": index, "triggered_at": k})
+                    output={"run_id": cfg.run_id, "segment": index, "triggered_at": k,
+                            "md_step": trigger_info["md_step"]})
 
 
 class _Trigger:

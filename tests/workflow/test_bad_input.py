@@ -109,3 +109,18 @@ def test_failing_reference_fails_the_flow_and_keeps_checkpoints(store, mode, mes
     assert kept == [0]
     posterior = Posterior.from_bytes(load_checkpoint(store, f"{run_id}:0"))
     assert len(posterior.data) == 1 and np.isfinite(posterior.energy_offset)
+
+
+def test_status_of_a_run_that_stopped_midway(store):
+    from atomate2_otf.cli import status_rows
+
+    _counter.n = 0
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
+    atoms.rattle(0.02, seed=2)
+    maker = OTFMDMaker(model="toy", reference_maker=BrokenReferenceMaker(calls_before_failure=2),
+                       n_steps=30, timestep_fs=1.0, n_chains=2, update_steps=2,
+                       initial_update_steps=2, n_workers=1, force_trigger_every=5)
+    run_locally(maker.make(atoms), store=store, log=False)
+    [row] = status_rows(store)
+    assert row["state"] == "running" and row["reference_calls"] == 2
+    assert row["md_steps"] == 10  # triggers at step 5 and, five model steps later, at 10

@@ -9,6 +9,11 @@ process and one run (the machines are shared and noisy, so only ratios are compa
 - ``eval_ratio``: one ensemble energy+forces evaluation of M chains / (M x one model).
 - ``step_vs_eval``: one single-chain step on a batch of 5 / one batched energy+forces
   evaluation of the same 5 structures.
+- ``step_floor`` / ``eval_floor``: what a perfect pool (no transfer, no contention) of
+  ``--workers`` one-thread processes would reach: t(1 thread) / (workers x t(all threads))
+  for the single-chain step and the one-model evaluation, timed interleaved in this process.
+  A pool cannot beat it without sharing work between chains; on 2 cores it is 0.5 x the
+  one-thread / two-thread time ratio.
 - ``update_minutes``: a paper-default update (M x 2000 steps) extrapolated from the step time.
 - ``peak_rss_mb``: peak resident memory of this process and, separately, of its workers.
 
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -96,6 +102,17 @@ def measure(model_name: str, system: str, chains: int, steps: int, workers: int,
     # overhead (checkpoint bytes to the workers, graphs rebuilt there) is reported apart.
     short = SGHMCConfig(**{**sg.to_dict(), "n_steps": 2, "burn_in": 1, "ramp": 1})
     t_single = median_time(lambda: posterior.run_chain(0, sg), repeats) / steps
+    threads = torch.get_num_threads()
+
+    def one_thread(fn):
+        torch.set_num_threads(1)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(threads)
+
+    t_single_1t = one_thread(lambda: median_time(lambda: posterior.run_chain(0, sg),
+                                                 repeats)) / steps
     pool = ChainPool(model, n_workers=workers) if workers > 1 else None
     mode = f"pool x{workers}" if pool else "serial"
 
@@ -110,8 +127,12 @@ def measure(model_name: str, system: str, chains: int, steps: int, workers: int,
     # ensemble energy+forces of one structure: M chains vs M x one model
     probe = [data[0].unlabelled()]
     t_ensemble = median_time(lambda: posterior.predict(probe, pool=pool), repeats * 3)
-    t_one_model = median_time(
-        lambda: posterior.predict(probe, thetas=posterior.state.theta[:1]), repeats * 3)
+    def one_model() -> float:
+        return median_time(
+            lambda: posterior.predict(probe, thetas=posterior.state.theta[:1]), repeats * 3)
+
+    t_one_model = one_model()
+    t_one_model_1t = one_thread(one_model)
 
     # single-chain step on a batch of 5 vs one batched E+F evaluation of those 5
     five = data[:5]
@@ -130,6 +151,10 @@ def measure(model_name: str, system: str, chains: int, steps: int, workers: int,
         "n_parameters": posterior.space.size, "chains": chains, "mode": mode,
         "step_single_ms": 1e3 * t_single, "step_chains_ms": 1e3 * t_multi,
         "step_ratio": t_multi / (chains * t_single),
+        "step_single_1thread_ms": 1e3 * t_single_1t,
+        "step_floor": t_single_1t / (max(workers, 1) * t_single),
+        "eval_one_1thread_ms": 1e3 * t_one_model_1t,
+        "eval_floor": t_one_model_1t / (max(workers, 1) * t_one_model),
         "eval_one_ms": 1e3 * t_one_model, "eval_chains_ms": 1e3 * t_ensemble,
         "eval_ratio": t_ensemble / (chains * t_one_model),
         "eval5_ms": 1e3 * t_eval5, "step5_ms": 1e3 * t_step5,
@@ -149,6 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
     args = parser.parse_args(argv)
+    load_start = os.getloadavg()
     rows = []
     for model_name in args.models:
         for system in args.systems:
@@ -157,21 +183,25 @@ def main(argv: list[str] | None = None) -> None:
             r = rows[-1]
             print(f"{r['model']:>9} {r['system']:>8}  step {r['step_single_ms']:7.1f} ms "
                   f"x{r['chains']} -> {r['step_chains_ms']:8.1f} ms (ratio {r['step_ratio']:.2f})"
-                  f"  eval ratio {r['eval_ratio']:.2f}  step/eval5 {r['step_vs_eval']:.2f}"
+                  f" floor {r['step_floor']:.2f}  eval ratio {r['eval_ratio']:.2f}"
+                  f" floor {r['eval_floor']:.2f}  step/eval5 {r['step_vs_eval']:.2f}"
                   f"  update {r['update_minutes']:.1f} min", flush=True)
     header = ("model", "system", "atoms", "mode", "step 1 [ms]", "step M [ms]", "step ratio",
-              "eval ratio", "step5/eval5", "update [min]", "update overhead [s]", "peak RSS [MB]", "workers RSS [MB]")
+              "step floor", "eval ratio", "eval floor", "step5/eval5", "update [min]", "update overhead [s]", "peak RSS [MB]", "workers RSS [MB]")
     print("\n| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for r in rows:
         print(f"| {r['model']} | {r['system']} | {r['n_atoms']} | {r['mode']} | "
               f"{r['step_single_ms']:.1f} | {r['step_chains_ms']:.1f} | {r['step_ratio']:.2f} | "
-              f"{r['eval_ratio']:.2f} | {r['step_vs_eval']:.2f} | {r['update_minutes']:.1f} | "
+              f"{r['step_floor']:.2f} | {r['eval_ratio']:.2f} | {r['eval_floor']:.2f} | "
+              f"{r['step_vs_eval']:.2f} | {r['update_minutes']:.1f} | "
               f"{r['update_overhead_s']:.1f} | {r['peak_rss_mb']:.0f} | "
               f"{r['peak_rss_workers_mb']:.0f} |")
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(),
             "python": sys.version.split()[0], "machine": platform.machine(),
-            "cpus": len(__import__("os").sched_getaffinity(0))}
+            "cpus": len(os.sched_getaffinity(0)),
+            # other work on the machine distorts the ratios: the 1-minute load average
+            "loadavg_start": load_start[0], "loadavg_end": os.getloadavg()[0]}
     Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     print(f"\nwrote {args.out}")
 

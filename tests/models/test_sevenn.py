@@ -55,6 +55,25 @@ def test_load_model_builds_sevennet(model):
     assert not {k for k in kinds if "Dropout" in k or "Norm" in k}, kinds
 
 
+def test_build_frozen_parameters_stay_frozen(model):
+    """SevenNet's build freezes the neighbour-count normalisers and the per-species energy
+    shift/scale; the posterior must not sample them (unless asked)."""
+    names = {n for n, _ in model.module.named_parameters()}
+    frozen = set(model.frozen)
+    assert {n for n in names if n.endswith("denominator")} <= frozen
+    assert {"rescale_atomic_energy.shift", "rescale_atomic_energy.scale"} <= frozen
+    sampled = {id(p) for p in model.parameters()}
+    for n, p in model.module.named_parameters():
+        assert (id(p) in sampled) == (n not in frozen), n
+        assert p.requires_grad == (n not in frozen), n
+    everything = load_model("sevenn-0", train_frozen=True)
+    assert everything.frozen == ()
+    assert len(everything.parameters()) == len(names)
+    assert everything.spec()["train_frozen"] is True
+    with pytest.raises(ValueError, match="not parameters"):
+        SevenNetModel(pickle.loads(pickle.dumps(model.module)), frozen=["no.such"])
+
+
 @pytest.mark.parametrize("make", [si64, lambda: molecule("CH3CH2OH")], ids=["si64", "ethanol"])
 def test_matches_sevennet_calculator(model, calculator, make):
     atoms = make()

@@ -70,15 +70,23 @@ class FoundationModel(ABC):
     #: method defaults for this family
     defaults: ClassVar[FamilyDefaults]
 
-    def __init__(self, module: torch.nn.Module, name: str) -> None:
+    def __init__(self, module: torch.nn.Module, name: str,
+                 frozen: Sequence[str] = ()) -> None:
         self.module = module
         self.name = name
-        for parameter in self.module.parameters():
-            parameter.requires_grad_(True)
+        names = {n for n, _ in module.named_parameters()}
+        unknown = sorted(set(frozen) - names)
+        if unknown:
+            raise ValueError(f"frozen parameter name(s) {unknown} are not parameters of "
+                             f"{name!r}")
+        #: parameter names kept at their pretrained values (not sampled, no gradients)
+        self.frozen = tuple(n for n, _ in module.named_parameters() if n in set(frozen))
+        for n, parameter in module.named_parameters():
+            parameter.requires_grad_(n not in self.frozen)
         # The posterior overwrites the live parameters with each chain's sample; the prior
         # centre must not depend on which chain ran last, so keep the pretrained copy.
         self.pretrained = torch.nn.utils.parameters_to_vector(
-            self.module.parameters()).detach().clone()
+            self.parameters()).detach().clone()
 
     # -- what subclasses provide -------------------------------------------------------
     @property
@@ -125,8 +133,9 @@ class FoundationModel(ABC):
             )
 
     def parameters(self) -> list[torch.nn.Parameter]:
-        """Trainable parameters in a fixed order (the order of the flat vectors)."""
-        return list(self.module.parameters())
+        """Trainable (sampled) parameters in a fixed order (the order of the flat vectors);
+        the ``frozen`` ones are left out."""
+        return [p for n, p in self.module.named_parameters() if n not in self.frozen]
 
     def spec(self) -> dict[str, Any]:
         """What :func:`load_model` needs to rebuild this model (stored in checkpoints)."""

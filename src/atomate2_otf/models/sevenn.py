@@ -50,7 +50,8 @@ class SevenNetModel(FoundationModel):
                               calibration_b=10.0)
 
     def __init__(self, module: torch.nn.Module, name: str = "sevenn-0",
-                 checkpoint: str = "7net-0", modal: str | None = None) -> None:
+                 checkpoint: str = "7net-0", modal: str | None = None,
+                 frozen: Sequence[str] = ()) -> None:
         import sevenn._keys as KEY
 
         if getattr(module, "key_grad", None) != KEY.EDGE_VEC:
@@ -71,7 +72,7 @@ class SevenNetModel(FoundationModel):
         module.delete_module_by_key("force_output")
         module.set_is_batch_data(True)
         module.eval()
-        super().__init__(module, name)
+        super().__init__(module, name, frozen=frozen)
         self.checkpoint = checkpoint
         self.modal = modal
         self.cutoff = float(module.cutoff)
@@ -174,23 +175,32 @@ class SevenNetModel(FoundationModel):
 
     def spec(self) -> dict[str, Any]:
         spec: dict[str, Any] = {"name": self.name, "checkpoint": self.checkpoint}
+        if getattr(self, "train_frozen", False):
+            spec["train_frozen"] = True
         if self.modal:
             spec["modal"] = self.modal
         return spec
 
 
-def load_sevenn(checkpoint: str = "7net-0", modal: str | None = None) -> SevenNetModel:
+def load_sevenn(checkpoint: str = "7net-0", modal: str | None = None,
+                train_frozen: bool = False) -> SevenNetModel:
     """Load a SevenNet checkpoint by pretrained name or by path, via sevenn's own loader.
 
     Pretrained names (e.g. ``"7net-0"``) resolve to the checkpoints inside the sevenn
     wheel, so this works offline; a path loads a user's (e.g. fine-tuned) checkpoint.
+    The parameters that SevenNet's build freezes (the per-layer neighbour-count
+    normalisers and the per-species energy shift/scale) stay frozen, i.e. are not
+    sampled, unless ``train_frozen``.
     """
     import sevenn.util as util
 
     cp = util.load_checkpoint(checkpoint)
     module = cp.build_model()
     frozen = [n for n, p in module.named_parameters() if not p.requires_grad]
-    if frozen:  # e.g. the per-species energy shift/scale; the posterior samples them too
+    if frozen and train_frozen:
         logger.info("SevenNet %s: making %d frozen parameter(s) trainable: %s",
                     checkpoint, len(frozen), ", ".join(frozen))
-    return SevenNetModel(module, checkpoint=str(checkpoint), modal=modal)
+        frozen = []
+    model = SevenNetModel(module, checkpoint=str(checkpoint), modal=modal, frozen=frozen)
+    model.train_frozen = bool(train_frozen)
+    return model

@@ -60,7 +60,7 @@ def test_gfn2_maker_labels_a_molecule_without_stress(tmp_path, monkeypatch):
 def test_unknown_reference_lists_the_accepted_ones():
     with pytest.raises(ValueError, match="unknown reference 'vasp-ish'.*emt.*gfn1-xtb.*gfn2-xtb"):
         get_reference_maker("vasp-ish")
-    assert set(reference_names()) == {"emt", "gfn1-xtb", "gfn2-xtb", "vasp"}
+    assert set(reference_names()) == {"emt", "gfn1-xtb", "gfn2-xtb", "vasp", "qe", "pyscf"}
 
 
 @pytest.mark.parametrize("bad, message", [

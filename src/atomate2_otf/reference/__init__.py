@@ -38,13 +38,26 @@ from atomate2_otf.reference.makers import (
     get_reference_maker,
     reference_names,
 )
+from atomate2_otf.reference.pyscf import PySCFCalculator, PySCFStaticMaker
+from atomate2_otf.reference.qe import QEStaticMaker
+from atomate2_otf.reference.retry import (
+    ReferenceCalculationError,
+    RetryOnFailure,
+    SCFNotConvergedError,
+)
 from atomate2_otf.reference.vasp import vasp_reference_maker
 
 __all__ = [
     "EMTStaticMaker",
     "GFN1xTBStaticMaker",
     "GFN2xTBStaticMaker",
+    "PySCFCalculator",
+    "PySCFStaticMaker",
+    "QEStaticMaker",
+    "ReferenceCalculationError",
     "ReferenceLabel",
+    "RetryOnFailure",
+    "SCFNotConvergedError",
     "get_reference_maker",
     "label_from_output",
     "reference_names",

@@ -69,11 +69,38 @@ def _vasp_static() -> Maker:
     return vasp_reference_maker()
 
 
+def _retrying(name: str) -> Callable[[], Maker]:
+    """A factory of reference.retry's Maker ``name`` (one retry with safer settings)."""
+
+    def make() -> Maker:
+        from atomate2_otf.reference import retry
+
+        return getattr(retry, name)()
+
+    return make
+
+
+def _qe_static() -> Maker:
+    """Quantum ESPRESSO pw.x, PBE, Debian's pseudopotentials (reference.qe)."""
+    from atomate2_otf.reference.qe import QEStaticMaker
+
+    return QEStaticMaker()
+
+
+def _pyscf_static() -> Maker:
+    """PySCF PBE/def2-SVP for molecules, no stress (reference.pyscf)."""
+    from atomate2_otf.reference.pyscf import PySCFStaticMaker
+
+    return PySCFStaticMaker()
+
+
 _REFERENCES: dict[str, Callable[[], Maker]] = {
-    "gfn2-xtb": GFN2xTBStaticMaker,
-    "gfn1-xtb": GFN1xTBStaticMaker,
-    "emt": EMTStaticMaker,
+    "gfn2-xtb": _retrying("RetryingGFN2xTBStaticMaker"),
+    "gfn1-xtb": _retrying("RetryingGFN1xTBStaticMaker"),
+    "emt": _retrying("RetryingEMTStaticMaker"),
     "vasp": _vasp_static,
+    "qe": _qe_static,
+    "pyscf": _pyscf_static,
 }
 
 

@@ -186,3 +186,29 @@ def test_short_otf_run_with_qe(store):
     energies = [c.reference_energy for c in doc.calls]
     assert all(-212.5 < e < -210.5 for e in energies)  # Si2 PBE, this pseudopotential
     assert list_checkpoints(store, doc.run_id)[-1] == doc.n_reference_calls - 1
+
+
+@needs_pw
+def test_unconverged_scf_that_pw_x_goes_on_with_is_not_a_label(tmp_path, monkeypatch):
+    """scf_must_converge=.false.: pw.x exits 0 with forces of an unconverged density."""
+    monkeypatch.chdir(tmp_path)
+    lax = {"input_data": {"electrons": {"electron_maxstep": 2, "scf_must_converge": False}}}
+    maker = QEStaticMaker(calculator_kwargs=lax, retry_settings=lax, **FAST)
+    with pytest.raises(ReferenceCalculationError,
+                       match=r"SCF not converged: pw\.x: SCF stopped at estimated "
+                             r"accuracy .* above conv_thr 1e-08 Ry.*failed too"):
+        maker.run_ase(structure(silicon()))
+
+
+@needs_pw
+def test_pw_x_error_is_reported_in_its_own_words(fake_pseudo_dir, tmp_path, monkeypatch,
+                                                 counting_command):
+    """A corrupt pseudopotential file: pw.x stops with an error box, retried once."""
+    monkeypatch.chdir(tmp_path)
+    command = counting_command.make('exec pw.x "$@"')
+    maker = QEStaticMaker(pseudo_dir=str(fake_pseudo_dir), command=command, **FAST)
+    with pytest.raises(ReferenceCalculationError,
+                       match=r"pw\.x crashed \(exit status \d+\): Error in routine .*"
+                             r"failed too"):
+        maker.run_ase(structure(silicon()))
+    assert counting_command.calls() == 2

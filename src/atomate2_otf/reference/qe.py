@@ -139,6 +139,26 @@ def scf_failure_from_output(path: Path) -> str | None:
     return None
 
 
+def scf_accuracy_not_reached(path: Path) -> str | None:
+    """Why a pw.x run that exited normally is nonetheless unconverged, or None: its final
+    estimated SCF accuracy is not below its convergence threshold."""
+    if not path.is_file():
+        return None
+    text = path.read_text(errors="replace")
+    threshold = re.search(r"scf convergence threshold\s*=\s*(\S+)", text)
+    accuracies = re.findall(r"estimated scf accuracy\s*<\s*(\S+)\s*Ry", text)
+    if threshold is None or not accuracies:
+        return None
+    try:
+        limit, last = float(threshold.group(1)), float(accuracies[-1])
+    except ValueError:
+        return None
+    if last < limit:
+        return None
+    return (f"SCF stopped at estimated accuracy {last:.3g} Ry, above conv_thr {limit:.3g} Ry "
+            f"(scf_must_converge=.false.?)")
+
+
 @dataclass
 class QEStaticMaker(RetryOnFailure, AseRelaxMaker):
     """Single-point PBE with Quantum ESPRESSO's pw.x for periodic cells (module docstring).
@@ -222,16 +242,23 @@ class QEStaticMaker(RetryOnFailure, AseRelaxMaker):
                      prev_dir: str | Path | None) -> AseResult:
         """Run pw.x; a nonzero exit is reported as SCF non-convergence when the output says
         so (pw.x stops with status 2 then), as a crash otherwise."""
+        output = Path(self.directory) / "espresso.pwo"
         try:
-            return super()._run_checked(mol_or_struct, prev_dir)
+            result = super()._run_checked(mol_or_struct, prev_dir)
         except subprocess.CalledProcessError as error:
-            reason = scf_failure_from_output(Path(self.directory) / "espresso.pwo")
+            reason = scf_failure_from_output(output)
             if reason and "convergence NOT achieved" in reason:
                 raise SCFNotConvergedError(f"pw.x: {reason}") from error
             if reason:
                 raise RuntimeError(f"pw.x crashed (exit status {error.returncode}): "
                                    f"{reason}") from error
             raise
+        # with scf_must_converge=.false. pw.x 6.7 stops at electron_maxstep, prints
+        # "convergence has been achieved" and forces of the unconverged density, exits 0
+        unconverged = scf_accuracy_not_reached(output)
+        if unconverged:
+            raise SCFNotConvergedError(f"pw.x: {unconverged}")
+        return result
 
     def run_ase(self, mol_or_struct: Structure | Molecule,
                 prev_dir: str | Path | None = None) -> AseResult:

@@ -56,7 +56,7 @@ def run_case(case: str, steps: int) -> dict:
     from atomate2_otf.cli import DEMO
     from atomate2_otf.flows import OTFMDMaker
     from atomate2_otf.jobs import read_run_doc
-    from atomate2_otf.reference.makers import EMTStaticMaker, GFN2xTBStaticMaker
+    from atomate2_otf.reference.makers import EMTStaticMaker, get_reference_maker
     from atomate2_otf.schemas import EV_PER_KCAL_MOL
     from atomate2_otf.store import embedded_job_store
 
@@ -65,7 +65,7 @@ def run_case(case: str, steps: int) -> dict:
     store = embedded_job_store(Path(folder) / "store")
     if case == "realistic":
         atoms = molecule("CH3CH2OH")
-        maker = OTFMDMaker(model="chgnet", reference_maker=GFN2xTBStaticMaker(),
+        maker = OTFMDMaker(model="chgnet", reference_maker=get_reference_maker("gfn2-xtb"),
                            temperature=DEMO["temperature"], timestep_fs=DEMO["timestep"],
                            n_steps=steps, threshold=DEMO["threshold_kcal"] * EV_PER_KCAL_MOL,
                            n_chains=DEMO["chains"], update_steps=DEMO["update_steps"],

@@ -165,10 +165,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ase.build import molecule
 
     from atomate2_otf.flows import OTFMDMaker
-    from atomate2_otf.reference.makers import GFN2xTBStaticMaker
+    from atomate2_otf.reference.makers import get_reference_maker
 
     maker = OTFMDMaker(
-        model="chgnet", reference_maker=GFN2xTBStaticMaker(), ensemble="nvt",
+        model="chgnet", reference_maker=get_reference_maker("gfn2-xtb"), ensemble="nvt",
         temperature=DEMO["temperature"], timestep_fs=DEMO["timestep"], n_steps=args.steps,
         threshold=DEMO["threshold_kcal"] * EV_PER_KCAL_MOL, n_chains=DEMO["chains"],
         update_steps=DEMO["update_steps"], initial_update_steps=DEMO["initial_update_steps"],

@@ -26,7 +26,8 @@ from atomate2_otf.jobs import (
     prepare_run,
 )
 from atomate2_otf.models.base import registered_models
-from atomate2_otf.reference.makers import GFN2xTBStaticMaker, reference_names
+from atomate2_otf.reference.makers import reference_names
+from atomate2_otf.reference.retry import RetryingGFN2xTBStaticMaker
 from atomate2_otf.schemas import EV_PER_KCAL_MOL
 from atomate2_otf.store import load_checkpoint, save_trajectory
 
@@ -140,7 +141,7 @@ class OTFMDMaker(_MDMaker):
         seed: seeds velocities, thermostat noise, chains and minibatches.
     """
 
-    reference_maker: Maker = field(default_factory=GFN2xTBStaticMaker)
+    reference_maker: Maker = field(default_factory=RetryingGFN2xTBStaticMaker)
     confidence: float = 0.95
     n_chains: int = 8
     sigma_tl: float | None = None
@@ -213,6 +214,9 @@ class OTFMDMaker(_MDMaker):
         state = initial_state(atoms, MDSettings.from_dict(cfg.md), int(self.seed))
         reference = self.reference_maker.make(to_pymatgen(atoms))
         reference.name = "otf reference 0"
+        if not isinstance(reference, Flow):
+            reference.metadata = {**(reference.metadata or {}), **cfg.metadata("reference", 0),
+                                  "otf_md_step": 0}
         prepare = prepare_run(reference.output, state.to_dict(), cfg.to_dict())
         prepare.metadata = cfg.metadata("prepare", 0)
         segment = md_segment(prepare.output["checkpoint"], prepare.output["state"], 0,

@@ -286,7 +286,7 @@ def md_segment(checkpoint: str, state: dict[str, Any], index: int, config: dict[
         "md_s": md_s, "ended_at": time.time(),
     }
     k = index + 1
-    reference = _reference_job(reference_maker, pending, k, cfg)
+    reference = _reference_job(reference_maker, pending, k, cfg, trigger_info["md_step"])
     update = update_posterior(reference.output, checkpoint, trigger_info, k, cfg.to_dict())
     update.name = f"otf update {k}"
     update.metadata = cfg.metadata("update", k)
@@ -320,7 +320,7 @@ class _Trigger:
         return float(results["prob_within"]) < self.confidence
 
 
-def _reference_job(maker: Maker, atoms: Any, index: int, cfg: RunConfig):
+def _reference_job(maker: Maker, atoms: Any, index: int, cfg: RunConfig, md_step: int):
     """The reference Maker's job (or flow) for one structure, named routably."""
     from pymatgen.io.ase import AseAtomsAdaptor
 
@@ -329,7 +329,8 @@ def _reference_job(maker: Maker, atoms: Any, index: int, cfg: RunConfig):
     reference = maker.make(structure)
     reference.name = f"otf reference {index}"
     if hasattr(reference, "metadata") and not isinstance(reference, Flow):
-        reference.metadata = {**(reference.metadata or {}), **cfg.metadata("reference", index)}
+        reference.metadata = {**(reference.metadata or {}), **cfg.metadata("reference", index),
+                              "otf_md_step": int(md_step)}
     return reference
 
 

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from jobflow import Flow, JobConfig, Response, job
+from jobflow import Flow, JobConfig, OutputReference, Response, job
 
 from atomate2_otf.bnn.data import StructureRecord
 from atomate2_otf.reference.labels import label_from_output
@@ -188,8 +188,6 @@ def update_posterior(reference_output: Any, checkpoint: str, trigger: dict[str, 
                      index: int, config: dict[str, Any]) -> dict[str, Any]:
     """Record the model's error before it sees the label, then add the label and update."""
     from atomate2_otf.md.segment import Label
-
-    from jobflow import OutputReference
 
     cfg = RunConfig.from_dict(config)
     store = current_store()

@@ -34,17 +34,38 @@ FAKE_VASP_HANDLERS = tuple(h for h in LABELLING_HANDLERS
 FAKE_CUSTODIAN_KWARGS: dict[str, Any] = {"polling_time_step": 0.02, "monitor_freq": 10}
 
 
-def fake_vasp_command(calculator: str = "emt", energy_shift: float = 0.0) -> str:
-    """The shell command that runs the stand-in with the current interpreter."""
+def fake_vasp_command(calculator: str = "emt", energy_shift: float = 0.0, *,
+                      scf_fails_with: str | None = None, crash: bool = False,
+                      faulty_runs: str | None = None,
+                      run_counter: str | Path | None = None) -> str:
+    """The shell command that runs the stand-in with the current interpreter.
+
+    ``scf_fails_with`` (ALGO values, comma-separated, or ``"any"``), ``crash``,
+    ``faulty_runs`` and ``run_counter``: simulated failures (``fake_vasp.py``'s docstring).
+    """
     args = [sys.executable, str(FAKE_VASP_SCRIPT), "--calculator", calculator]
     if energy_shift:
         args += ["--energy-shift", repr(float(energy_shift))]
+    if scf_fails_with:
+        args += ["--scf-fails-with", str(scf_fails_with)]
+    if crash:
+        args += ["--crash"]
+    if faulty_runs is not None:
+        args += ["--faulty-runs", str(faulty_runs)]
+    if run_counter is not None:
+        args += ["--run-counter", str(run_counter)]
     return shlex.join(args)
 
 
+#: fake_vasp_command's failure options, accepted by fake_vasp_maker too
+_FAILURE_OPTIONS = ("scf_fails_with", "crash", "faulty_runs", "run_counter")
+
+
 def fake_vasp_maker(calculator: str = "emt", energy_shift: float = 0.0, **kwargs: Any):
-    """:func:`vasp_reference_maker` (the production settings) running the stand-in."""
-    command = fake_vasp_command(calculator, energy_shift)
+    """:func:`vasp_reference_maker` (the production settings) running the stand-in; the
+    failure options of :func:`fake_vasp_command` pass through to the command."""
+    failures = {key: kwargs.pop(key) for key in _FAILURE_OPTIONS if key in kwargs}
+    command = fake_vasp_command(calculator, energy_shift, **failures)
     kwargs.setdefault("handlers", FAKE_VASP_HANDLERS)
     kwargs.setdefault("custodian_kwargs", FAKE_CUSTODIAN_KWARGS)
     kwargs.setdefault("write_input_set_kwargs", {"potcar_spec": True})

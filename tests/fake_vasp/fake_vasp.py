@@ -16,6 +16,19 @@ Only what matters for labels is emulated, the way VASP does it:
   refused (non-zero exit, as a crashed VASP), as is one without POSCAR, INCAR or a
   POTCAR/POTCAR.spec.
 
+Failures, on request (for the failure-handling tests), the way real VASP shows them:
+- ``--scf-fails-with ALGOS``: with these ALGO values (comma-separated, case-insensitive;
+  ``any`` for every ALGO) the SCF stops at NELM electronic steps without converging: NELM
+  ``<scstep>`` in vasprun.xml, NELM lines in OSZICAR, an energy still sloshing (the
+  result is off by ``UNCONVERGED_ERROR`` eV), exit status 0, as VASP does for a static run. pymatgen then
+  reads ``converged_electronic = False`` and custodian's ``UnconvergedErrorHandler`` steps
+  ALGO up (Fast -> Normal -> All).
+- ``--crash``: the run dies (exit status 1) after the OUTCAR header, with a Fortran runtime
+  error on stderr and no vasprun.xml, OSZICAR or CONTCAR.
+- ``--faulty-runs SPEC --run-counter FILE``: only these runs fail, counted over every run
+  that shares FILE (one line, the number of runs so far): ``2-`` from the second run on,
+  ``1`` the first only, ``2-3``. Without them every run fails as asked.
+
 No eigenvalues or DOS are written (emmet logs "Error in parsing bandstructure" and leaves
 the band gap empty). It imports only numpy and ASE (tblite when asked for), so each call costs well under a
 second. ``python fake_vasp.py --help`` lists the options.
@@ -35,6 +48,11 @@ import numpy as np
 
 #: bands reported (no eigenvalues are written: there is no band structure to emulate)
 NBANDS = 1
+#: eV by which an unconverged SCF's energy is off (alternating sign per step: sloshing)
+UNCONVERGED_ERROR = 0.01
+#: what a crashed run prints on stderr (a Fortran runtime error, as ifort-built VASP does)
+CRASH_MESSAGE = ("forrtl: severe (174): SIGSEGV, segmentation fault occurred\n"
+                 "fake VASP: simulated crash (--crash)")
 _BOOL = {".TRUE.": True, "T": True, "TRUE": True, ".FALSE.": False, "F": False, "FALSE": False}
 
 
@@ -161,9 +179,16 @@ def _mesh(style: str, divisions: list[int]) -> np.ndarray:
     return grid - np.round(grid)
 
 
+def _energies_xml(energy: float, indent: str) -> str:
+    return "\n".join(f'{indent}<i name="{k}">{energy:16.8f} </i>'
+                     for k in ("e_fr_energy", "e_wo_entrp", "e_0_energy"))
+
+
 def write_vasprun(atoms, incar: dict, parameters: dict, titles: list[str], kpoints,
                   energy: float, forces: np.ndarray, stress_kbar: np.ndarray | None,
-                  elapsed: float) -> None:
+                  elapsed: float, scf_energies: list[float] | None = None) -> None:
+    """vasprun.xml; ``scf_energies``: the energy of each electronic step (default: one
+    step at ``energy``; VASP reports the last step's energy as the result)."""
     symbols = atoms.get_chemical_symbols()
     blocks = species_blocks(symbols)
     style, divisions = kpoints
@@ -174,8 +199,11 @@ def write_vasprun(atoms, incar: dict, parameters: dict, titles: list[str], kpoin
                          f"<c>{1.0:16.8f}</c><c>  {escape(titles[min(i, len(titles) - 1)])}"
                          f"</c></rc>")
         atom_rows.extend(f"    <rc><c>{symbol:2s}</c><c>{i + 1:4d}</c></rc>" for _ in range(count))
-    energies = "\n".join(f'   <i name="{k}">{energy:16.8f} </i>'
-                         for k in ("e_fr_energy", "e_wo_entrp", "e_0_energy"))
+    energies = _energies_xml(energy, "   ")
+    scsteps = "\n".join(
+        f'  <scstep>\n   <time name="total">{elapsed:8.2f} {elapsed:8.2f}</time>\n'
+        f'   <energy>\n{_energies_xml(e, "    ")}\n   </energy>\n  </scstep>'
+        for e in (scf_energies or [energy]))
     stress_xml = "" if stress_kbar is None else (
         ' <varray name="stress" >\n' + "\n".join(f"   <v>{_row(v)} </v>" for v in stress_kbar)
         + "\n  </varray>\n")
@@ -234,12 +262,7 @@ def write_vasprun(atoms, incar: dict, parameters: dict, titles: list[str], kpoin
  </atominfo>
 {_xml_structure(atoms, "initialpos")}
  <calculation>
-  <scstep>
-   <time name="total">{elapsed:8.2f} {elapsed:8.2f}</time>
-   <energy>
-{energies}
-   </energy>
-  </scstep>
+{scsteps}
 {_xml_structure(atoms, None)}
   <varray name="forces" >
 {chr(10).join(f"   <v>{_row(f)} </v>" for f in forces)}
@@ -255,12 +278,9 @@ def write_vasprun(atoms, incar: dict, parameters: dict, titles: list[str], kpoin
     Path("vasprun.xml").write_text(text)
 
 
-def write_outcar(atoms, incar: dict, titles: list[str], kpoints, energy: float,
-                 forces: np.ndarray, stress_kbar: np.ndarray | None, elapsed: float) -> None:
-    """The OUTCAR lines that pymatgen's Outcar and ASE's OUTCAR reader look for."""
+def outcar_header(atoms, incar: dict, titles: list[str], kpoints) -> list[str]:
+    """The OUTCAR lines VASP writes before the first electronic step."""
     blocks = species_blocks(atoms.get_chemical_symbols())
-    cell = np.asarray(atoms.get_cell())
-    rec = np.linalg.inv(cell).T
     lines = [" vasp.6.4.2 fake VASP (atomate2-otf tests)",
              f" executed on             LinuxGNU date {datetime.now():%Y.%m.%d  %H:%M:%S}",
              " running on    1 total cores",
@@ -278,8 +298,17 @@ def write_outcar(atoms, incar: dict, titles: list[str], kpoints, energy: float,
               "   total plane-waves  NPLWV =   4096", "",
               " k-points in reciprocal lattice and weights: fake VASP"]
     lines += [f"  {_row(k, '{:12.8f}')} {1.0 / len(mesh):12.8f}" for k in mesh]
-    lines += ["", "--------------------------------------- Iteration      1(   1)  "
-              "---------------------------------------", ""]
+    return lines
+
+
+def write_outcar(atoms, incar: dict, titles: list[str], kpoints, energy: float,
+                 forces: np.ndarray, stress_kbar: np.ndarray | None, elapsed: float,
+                 n_scf: int = 1) -> None:
+    """The OUTCAR lines that pymatgen's Outcar and ASE's OUTCAR reader look for."""
+    lines = outcar_header(atoms, incar, titles, kpoints)
+    for step in range(1, n_scf + 1):
+        lines += ["", f"--------------------------------------- Iteration      1({step:4d})  "
+                  "---------------------------------------", ""]
     if stress_kbar is not None:
         s = stress_kbar
         order = [s[0, 0], s[1, 1], s[2, 2], s[0, 1], s[1, 2], s[2, 0]]
@@ -292,6 +321,8 @@ def write_outcar(atoms, incar: dict, titles: list[str], kpoints, energy: float,
                   "  in kB   " + " ".join(f"{v:11.5f}" for v in order),
                   f"  external pressure = {np.trace(s) / 3:11.2f} kB  Pullay stress =  0.00 kB",
                   ""]
+    cell = np.asarray(atoms.get_cell())
+    rec = np.linalg.inv(cell).T
     lines += ["      direct lattice vectors                 reciprocal lattice vectors"]
     lines += ["  " + _row(a, "{:13.9f}") + "  " + _row(b, "{:13.9f}") for a, b in zip(cell, rec)]
     lines += ["", " POSITION                                       TOTAL-FORCE (eV/Angst)",
@@ -317,12 +348,42 @@ def write_outcar(atoms, incar: dict, titles: list[str], kpoints, energy: float,
     Path("OUTCAR").write_text("\n".join(lines) + "\n")
 
 
-def write_oszicar(energy: float) -> None:
-    Path("OSZICAR").write_text(
-        "       N       E                     dE             d eps       ncg     rms          "
-        "rms(c)\n"
-        f"DAV:   1    {energy: .12E}   {energy: .5E}   {0.0: .5E}    16   0.000E+00\n"
-        f"   1 F= {energy: .8E} E0= {energy: .8E}  d E ={0.0: .6E}\n")
+def write_oszicar(energy: float, scf_energies: list[float] | None = None) -> None:
+    """OSZICAR: one line per electronic step (DAV, as VASP's first steps), then F= E0=."""
+    lines = ["       N       E                     dE             d eps       ncg     rms"
+             "          rms(c)"]
+    previous = 0.0
+    for step, e in enumerate(scf_energies or [energy], start=1):
+        lines.append(f"DAV: {step:3d}    {e: .12E}   {e - previous: .5E}   {0.0: .5E}    16"
+                     f"   0.000E+00")
+        previous = e
+    lines.append(f"   1 F= {energy: .8E} E0= {energy: .8E}  d E ={0.0: .6E}")
+    Path("OSZICAR").write_text("\n".join(lines) + "\n")
+
+
+def faulty_run(spec: str | None, counter: str | None) -> bool:
+    """Whether this run is one of the ``--faulty-runs`` (counting it in ``--run-counter``)."""
+    if counter is None:
+        if spec is not None:
+            raise SystemExit("fake VASP: --faulty-runs needs --run-counter")
+        return True
+    path = Path(counter)
+    number = (int(path.read_text().strip() or 0) if path.is_file() else 0) + 1
+    path.write_text(f"{number}\n")
+    if spec is None:
+        return True
+    first, dash, last = spec.partition("-")
+    low = int(first)
+    high = (int(last) if last else None) if dash else low
+    return number >= low and (high is None or number <= high)
+
+
+def crash(atoms, incar: dict, titles: list[str], kpoints) -> int:
+    """Die as a segfaulting VASP does: OUTCAR header written, no results, exit status 1."""
+    Path("OUTCAR").write_text("\n".join(outcar_header(atoms, incar, titles, kpoints)) + "\n")
+    print(" entering main loop", flush=True)
+    print(CRASH_MESSAGE, file=sys.stderr, flush=True)
+    return 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -330,6 +391,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calculator", default="emt", choices=["emt", "gfn1-xtb"])
     parser.add_argument("--energy-shift", type=float, default=0.0,
                         help="eV added to the total energy (another reference's energy zero)")
+    parser.add_argument("--scf-fails-with", default="", metavar="ALGOS",
+                        help="ALGO values (comma-separated, or 'any') with which the SCF "
+                             "hits NELM without converging")
+    parser.add_argument("--crash", action="store_true",
+                        help="die with exit status 1 after the OUTCAR header")
+    parser.add_argument("--faulty-runs", default=None, metavar="SPEC",
+                        help="only these runs fail: N, N-M or N- (needs --run-counter)")
+    parser.add_argument("--run-counter", default=None, metavar="FILE",
+                        help="file counting the runs (shared between job directories)")
     args = parser.parse_args(argv)
 
     from ase.io import read, write
@@ -349,6 +419,13 @@ def main(argv: list[str] | None = None) -> int:
     kpoints = read_kpoints()
     print(" running on    1 total cores")
     print(f" fake VASP: {args.calculator} single point of {atoms.get_chemical_formula()}")
+    faulty = (args.crash or args.scf_fails_with) and faulty_run(args.faulty_runs,
+                                                                  args.run_counter)
+    if faulty and args.crash:
+        return crash(atoms, incar, titles, kpoints)
+    algo = str(incar.get("ALGO", "Normal")).lower()
+    failing_algos = {a.strip().lower() for a in args.scf_fails_with.split(",") if a.strip()}
+    unconverged = bool(faulty) and ("any" in failing_algos or algo in failing_algos)
 
     atoms.calc = calculator(args.calculator)
     energy = float(atoms.get_potential_energy()) + args.energy_shift
@@ -357,11 +434,18 @@ def main(argv: list[str] | None = None) -> int:
     stress_kbar = None
     if isif >= 1:
         stress_kbar = -np.asarray(atoms.get_stress(voigt=False)) / (0.1 * GPa)
+    nelm = int(incar.get("NELM", 60))
+    scf_energies = None
+    if unconverged:  # NELM steps, the energy sloshing by +-UNCONVERGED_ERROR, last one +
+        scf_energies = [energy + UNCONVERGED_ERROR * (-1) ** (nelm - 1 - step)
+                        for step in range(nelm)]
+        energy = scf_energies[-1]
+        print(f" fake VASP: SCF not converged in NELM = {nelm} steps (ALGO = {algo})")
     elapsed = time.perf_counter() - started
 
     parameters = {"PREC": str(incar.get("PREC", "normal")).lower(),
                   "ENMAX": float(incar.get("ENCUT", 400.0)),
-                  "ISPIN": int(incar.get("ISPIN", 1)), "NELM": int(incar.get("NELM", 60)),
+                  "ISPIN": int(incar.get("ISPIN", 1)), "NELM": nelm,
                   "EDIFF": float(incar.get("EDIFF", 1e-4)), "ISMEAR": int(incar.get("ISMEAR", 1)),
                   "SIGMA": float(incar.get("SIGMA", 0.2)), "IBRION": ibrion, "NSW": nsw,
                   "ISIF": isif, "ISYM": int(incar.get("ISYM", 2)),
@@ -370,9 +454,10 @@ def main(argv: list[str] | None = None) -> int:
                   "LEPSILON": False, "LOPTICS": False, "LCHIMAG": False, "IVDW": 0,
                   "LUSE_VDW": False, "NELECT": 0.0, "NBANDS": NBANDS}
     write_vasprun(atoms, incar, parameters, titles, kpoints, energy, forces, stress_kbar,
-                  elapsed)
-    write_outcar(atoms, incar, titles, kpoints, energy, forces, stress_kbar, elapsed)
-    write_oszicar(energy)
+                  elapsed, scf_energies)
+    write_outcar(atoms, incar, titles, kpoints, energy, forces, stress_kbar, elapsed,
+                 len(scf_energies or [energy]))
+    write_oszicar(energy, scf_energies)
     write("CONTCAR", atoms, format="vasp", direct=True)
     print(" writing wavefunctions")
     return 0

@@ -39,6 +39,21 @@ def final_labels(store, doc):
     return Posterior.from_bytes(load_checkpoint(store, doc.final_checkpoint)).data
 
 
+def run_static(maker, atoms, root):
+    """One reference job under run_locally in its own folder: (task document, job folder)."""
+    from pathlib import Path
+
+    from jobflow import run_locally
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    job = maker.make(AseAtomsAdaptor.get_structure(atoms))
+    responses = run_locally(job, root_dir=root, create_folders=True, log=False,
+                            ensure_success=True, raise_immediately=True)
+    doc = responses[job.uuid][1].output
+    folder = Path(str(doc.dir_name).split(":", 1)[-1])
+    return doc, folder
+
+
 def run_otf(maker, structure, store, root_dir):
     """Run an on-the-fly flow under run_locally, each job in its own folder; the OTFRunDoc."""
     from jobflow import run_locally

@@ -11,8 +11,6 @@ import numpy as np
 import pytest
 from ase.io import read
 from ase.units import GPa
-from jobflow import run_locally
-from pymatgen.io.ase import AseAtomsAdaptor
 
 from atomate2_otf.reference import label_from_output
 from tests.fake_vasp import (
@@ -22,20 +20,10 @@ from tests.fake_vasp import (
     fake_vasp_command,
     fake_vasp_maker,
 )
-from tests.reference_vasp.helpers import copper, emt_values
+from tests.reference_vasp.helpers import copper, emt_values, run_static
 
 #: POTCAR.spec stands in for the licensed POTCARs; pymatgen's Vasprun looks for them anyway
 pytestmark = pytest.mark.filterwarnings("ignore:No POTCAR file with matching TITEL:UserWarning")
-
-
-def run_static(maker, atoms, root: Path):
-    """One reference job under run_locally in its own folder: (task document, job folder)."""
-    job = maker.make(AseAtomsAdaptor.get_structure(atoms))
-    responses = run_locally(job, root_dir=root, create_folders=True, log=False,
-                            ensure_success=True, raise_immediately=True)
-    doc = responses[job.uuid][1].output
-    folder = Path(str(doc.dir_name).split(":", 1)[-1])
-    return doc, folder
 
 
 def test_static_job_labels_equal_emt(tmp_path):
@@ -98,13 +86,18 @@ def test_positive_energy_handler_is_why_the_stand_in_drops_it(tmp_path):
     POTIM to lower). Real PAW energies are negative; the stand-in's are not."""
     from custodian.custodian import NonRecoverableError
 
+    from atomate2_otf.reference.retry import ReferenceCalculationError
     from atomate2_otf.reference.vasp import LABELLING_HANDLERS
 
     assert len(FAKE_VASP_HANDLERS) == len(LABELLING_HANDLERS) - 1
     atoms = copper(a=3.40)
     assert emt_values(atoms)[0] > 0
-    with pytest.raises(NonRecoverableError, match="PositiveEnergyErrorHandler"):
+    with pytest.raises(ReferenceCalculationError,
+                       match=r"VASP failed on Cu4: run 1: Positive energy "
+                             r"\[PositiveEnergyErrorHandler\]; rerun with INCAR ALGO=Normal; "
+                             r"run 2 .*no correction possible") as info:
         run_static(fake_vasp_maker(handlers=LABELLING_HANDLERS), atoms, tmp_path)
+    assert isinstance(info.value.__cause__, NonRecoverableError)
 
 
 def test_vasp_command_from_atomate2_settings(tmp_path):

@@ -48,7 +48,8 @@ Custodian
 atomate2 runs VASP under custodian. The handlers here fix crashes and SCF trouble by
 numerical means only (algorithm, mixing, bands, LREAL): ``VaspErrorHandler``,
 ``UnconvergedErrorHandler``, ``NonConvergingErrorHandler``, ``PositiveEnergyErrorHandler``,
-``FrozenJobErrorHandler``, ``StdErrHandler``. atomate2's defaults also include handlers
+``FrozenJobErrorHandler``, ``StdErrHandler`` and this module's :class:`VaspCrashHandler`.
+atomate2's defaults also include handlers
 that change the physics between calls (``LargeSigmaHandler`` lowers SIGMA,
 ``IncorrectSmearingHandler`` switches ISMEAR, ``KspacingMetalHandler`` changes KSPACING)
 or that only apply to relaxations or symmetry (``PotimErrorHandler``,
@@ -59,6 +60,38 @@ process every second (its default, 10 s, would add up to 10 s to each of hundred
 atomate2 also applies the worker's ``VASP_INCAR_UPDATES`` setting to every INCAR: meant for
 parallelisation tags (NCORE, KPAR), it must hold nothing that changes the physics, or two
 workers of one run would label with different Hamiltonians.
+
+Failures: one corrective rerun, then a clear error
+--------------------------------------------------
+A failed call gets exactly one retry with safer settings, as the other reference codes do
+(:mod:`atomate2_otf.reference.retry`), through custodian itself:
+
+- SCF non-convergence: VASP stops at NELM electronic steps and exits normally;
+  ``UnconvergedErrorHandler`` reads ``converged_electronic = False`` from vasprun.xml and
+  reruns with the next, more robust, algorithm (MP's ALGO = Fast -> Normal; Normal -> All).
+  (``NonConvergingErrorHandler`` watches relaxations and MD, ten ionic steps at NELM; it
+  never fires for a single point.)
+- A crash (VASP dies without a complete vasprun.xml, for no reason VASP itself printed that
+  ``VaspErrorHandler``/``StdErrHandler`` knows): :class:`VaspCrashHandler` keeps the
+  crashed run's files in custodian's ``error.N.tar.gz``, removes its partial outputs and
+  reruns, with ALGO = Normal if it was Fast/VeryFast (custodian's own choice for a hung
+  run, ``FrozenJobErrorHandler``). Without it custodian would stop at once
+  (``VasprunXMLValidator``).
+- ``max_errors = 2`` (:data:`LABELLING_MAX_ERRORS`; atomate2's default is 5): custodian
+  counts corrections, and stops when a run's errors bring the count to ``max_errors``, so
+  2 means: the first failure's correction, one rerun, and if that fails too, stop (the
+  second correction is written to INCAR but not run). Should two handlers flag the same
+  run, both count and the call fails without a rerun. ``run_vasp_kwargs={"max_errors":
+  n}`` changes it.
+
+These corrections change only how the SCF reaches its solution, not the Hamiltonian; they
+are made per call (the next call starts from the run's own INCAR) and recorded in that
+call's task document (``custodian``). When custodian gives up, or VASP's output is still
+unconverged, :class:`LabellingStaticMaker` raises
+:class:`~atomate2_otf.reference.retry.ReferenceCalculationError` naming the reference call
+and MD step, the code (VASP), the formula, each run's failure and correction (from
+``custodian.json``), the first line of VASP's stderr for a crash, and the job directory.
+The job fails, so the flow stops; the labels and checkpoints of earlier jobs stay.
 
 How to change it
 ----------------
@@ -84,14 +117,18 @@ earlier VASP run. It also refuses a ``Molecule`` (VASP needs a periodic cell).
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from atomate2.vasp.jobs.base import vasp_job
 from atomate2.vasp.jobs.core import StaticMaker
+from custodian.custodian import CustodianError, ErrorHandler
 from custodian.vasp.handlers import (
+    VASP_BACKUP_FILES,
     FrozenJobErrorHandler,
     NonConvergingErrorHandler,
     PositiveEnergyErrorHandler,
@@ -100,10 +137,11 @@ from custodian.vasp.handlers import (
     VaspErrorHandler,
 )
 
+from atomate2_otf.reference.retry import ReferenceCalculationError, current_call
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from custodian.custodian import ErrorHandler
     from jobflow import Response
     from pymatgen.core import Structure
     from pymatgen.io.vasp.inputs import Kpoints
@@ -129,6 +167,71 @@ LABELLING_INCAR: dict[str, Any] = {
 #: MP's k-point density for static calculations (k-points per reciprocal atom volume)
 MP_STATIC_RECIPROCAL_DENSITY = 100
 
+#: the outputs a crashed VASP run may leave half-written
+_CRASH_OUTPUTS = ("vasprun.xml", "OUTCAR", "OSZICAR", "CONTCAR", "vasp.out", "std_err.txt")
+
+
+def first_stderr_line(directory: str | Path = ".") -> str:
+    """The first non-blank line VASP wrote to stderr (custodian's ``std_err.txt``): for a
+    crash, the runtime's own words (e.g. ``forrtl: severe (174): SIGSEGV ...``); ''."""
+    path = Path(directory) / "std_err.txt"
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return next((line.strip() for line in lines if line.strip()), "")
+
+
+class VaspCrashHandler(ErrorHandler):
+    """VASP ended without a complete vasprun.xml for no reason the other handlers know:
+    rerun once (custodian's ``max_errors`` limits it), ALGO Fast/VeryFast -> Normal.
+
+    Not a monitor: checked after VASP has exited. It stays silent when
+    ``VaspErrorHandler``, ``StdErrHandler`` or ``FrozenJobErrorHandler`` (default
+    settings) recognise the failure, so one failure is not corrected (and counted) twice.
+    The crashed run's files go to custodian's ``error.N.tar.gz``; its partial outputs are
+    removed so the rerun's cannot be mixed up with them.
+    """
+
+    is_monitor = False
+
+    def __init__(self, output_filename: str = "vasprun.xml") -> None:
+        self.output_filename = output_filename
+
+    def check(self, directory: str = "./") -> bool:
+        from custodian.vasp.io import load_vasprun
+
+        try:
+            load_vasprun(os.path.join(directory, self.output_filename))
+            return False
+        except Exception:  # noqa: BLE001 - missing or truncated: VASP did not finish
+            pass
+        for other in (VaspErrorHandler(), StdErrHandler(), FrozenJobErrorHandler()):
+            try:
+                if other.check(directory=directory):
+                    return False
+            except Exception:  # noqa: BLE001, S112 - that handler cannot tell
+                continue
+        return True
+
+    def correct(self, directory: str = "./") -> dict[str, Any]:
+        from custodian.utils import backup
+        from custodian.vasp.interpreter import VaspModder
+        from pymatgen.io.vasp.inputs import VaspInput
+
+        detail = first_stderr_line(directory)
+        backup(VASP_BACKUP_FILES, directory=directory)
+        vi = VaspInput.from_directory(directory)
+        actions: list[dict[str, Any]] = []
+        if str(vi["INCAR"].get("ALGO", "Normal")).strip().lower()[:1] in ("f", "v"):
+            actions.append({"dict": "INCAR", "action": {"_set": {"ALGO": "Normal"}}})
+        actions += [{"file": name, "action": {"_file_delete": {"mode": "actual"}}}
+                    for name in _CRASH_OUTPUTS if os.path.isfile(os.path.join(directory, name))]
+        VaspModder(vi=vi, directory=directory).apply_actions(actions)
+        error = "Crashed" + (f": {detail}" if detail else " (no stderr)")
+        return {"errors": [error], "actions": actions or None}
+
+
 #: custodian handlers whose corrections are numerical only (module docstring)
 LABELLING_HANDLERS: tuple[ErrorHandler, ...] = (
     VaspErrorHandler(),
@@ -137,7 +240,11 @@ LABELLING_HANDLERS: tuple[ErrorHandler, ...] = (
     PositiveEnergyErrorHandler(),
     FrozenJobErrorHandler(),
     StdErrHandler(),
+    VaspCrashHandler(),
 )
+
+#: custodian's limit on corrections: the first failure's, one rerun (module docstring)
+LABELLING_MAX_ERRORS = 2
 
 #: custodian polls VASP every second; monitors (error scans of vasp.out, OSZICAR) each minute
 LABELLING_CUSTODIAN_KWARGS: dict[str, Any] = {"polling_time_step": 1, "monitor_freq": 60}
@@ -186,7 +293,117 @@ class LabellingStaticMaker(StaticMaker):
                 f"(periodic ASE Atoms) or use a molecular reference")
         if prev_dir is None:
             check_fresh_directory(Path.cwd())
-        return StaticMaker.make.original(self, structure, prev_dir=prev_dir)
+        try:
+            return StaticMaker.make.original(self, structure, prev_dir=prev_dir)
+        except CustodianError as error:
+            raise ReferenceCalculationError(
+                vasp_failure_message(structure, Path.cwd(), error)) from error
+        except RuntimeError as error:
+            # atomate2's should_stop_children: custodian passed, the output is unconverged
+            if "not successful" not in str(error):
+                raise
+            raise ReferenceCalculationError(
+                vasp_failure_message(structure, Path.cwd(), error)) from error
+
+
+def _describe_actions(actions: list[dict[str, Any]] | None) -> str:
+    """custodian's actions in a few words: ``INCAR ALGO=Normal; removed OUTCAR, ...``."""
+    if not actions:
+        return "no correction possible"
+    parts, removed = [], []
+    for action in actions:
+        for kind, settings in (action.get("action") or {}).items():
+            if kind == "_file_delete":
+                removed.append(str(action.get("file")))
+            elif kind == "_set" and isinstance(settings, dict):
+                parts.append(f"{action.get('dict', action.get('file'))} "
+                             + ", ".join(f"{k}={v}" for k, v in settings.items()))
+            elif kind == "_unset" and isinstance(settings, dict):
+                parts.append(f"{action.get('dict', action.get('file'))} without "
+                             + ", ".join(settings))
+            else:
+                parts.append(f"{action.get('dict') or action.get('file')} {kind} {settings}")
+    if removed:
+        parts.append("removed the partial " + ", ".join(removed))
+    return "; ".join(parts)
+
+
+def _describe_errors(errors: list[str], directory: Path) -> str:
+    texts = []
+    for error in errors or ["?"]:
+        if str(error) == "Unconverged":
+            nelm = "NELM"
+            try:
+                from pymatgen.io.vasp.inputs import Incar
+
+                nelm = f"NELM = {Incar.from_file(directory / 'INCAR').get('NELM', 60)}"
+            except Exception:  # noqa: BLE001 - the number is a courtesy
+                pass
+            texts.append(f"SCF not converged within {nelm} electronic steps")
+        else:
+            texts.append(str(error))
+    return ", ".join(texts)
+
+
+def custodian_corrections(directory: str | Path) -> list[dict[str, Any]]:
+    """The corrections custodian made in ``directory`` (its ``custodian.json``), in order:
+    dicts with ``errors``, ``actions`` and ``handler`` (the handler's class name)."""
+    path = Path(directory) / "custodian.json"
+    try:
+        run_log = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    corrections = []
+    for entry in run_log if isinstance(run_log, list) else []:
+        for correction in entry.get("corrections", []):
+            if correction.get("skipped"):
+                continue
+            handler = correction.get("handler")
+            name = handler.get("@class", "?") if isinstance(handler, dict) else str(handler)
+            corrections.append({"errors": correction.get("errors") or [],
+                                "actions": correction.get("actions"), "handler": name})
+    return corrections
+
+
+def vasp_failure_message(structure: Structure, directory: str | Path,
+                         error: BaseException) -> str:
+    """Why a VASP reference call failed, naming the call (and MD step), VASP, the formula,
+    each run's failure and custodian's correction, and the job directory."""
+    directory = Path(directory)
+    formula = "".join(str(structure.composition.hill_formula).split())
+    corrections = custodian_corrections(directory)
+    gave_up = isinstance(error, CustodianError) and "max errors" in str(error).lower()
+    runs = []
+    for number, correction in enumerate(corrections, start=1):
+        label = "run 1" if number == 1 else f"run {number} (the corrective rerun)"
+        actions = _describe_actions(correction["actions"])
+        if not correction["actions"]:
+            fix = actions
+        elif gave_up and number == len(corrections):
+            fix = f"custodian's next correction ({actions}) not run"
+        else:
+            fix = f"rerun with {actions}"
+        runs.append(f"{label}: {_describe_errors(correction['errors'], directory)} "
+                    f"[{correction['handler']}]; {fix}")
+    if gave_up:
+        outcome = f"custodian stopped: {str(error).rstrip('.')}"
+    elif type(error).__name__ == "ValidationError":
+        stderr = first_stderr_line(directory)
+        outcome = ("VASP left no complete vasprun.xml (custodian's "
+                   f"{type(getattr(error, 'validator', None)).__name__}; crashed?"
+                   + (f" stderr: {stderr}" if stderr else "") + ")")
+    elif type(error).__name__ == "ReturnCodeError":
+        stderr = first_stderr_line(directory)
+        outcome = f"VASP exited with an error ({error})" + (f"; stderr: {stderr}"
+                                                             if stderr else "")
+    elif isinstance(error, CustodianError):
+        outcome = f"custodian stopped: {type(error).__name__}: {error}"
+    else:
+        outcome = ("VASP's output is not converged and no handler corrected it "
+                   f"(atomate2: {error})")
+    account = "; ".join([*runs, outcome])
+    return (f"{current_call()}: VASP failed on {formula}: {account}. The run stops here; "
+            f"labels and checkpoints written so far stay (job directory {directory})")
 
 
 def fixed_kpoints(structure: Structure,
@@ -276,7 +493,8 @@ def vasp_reference_maker(
         handlers: custodian handlers (default :data:`LABELLING_HANDLERS`).
         custodian_kwargs: ``Custodian`` options (default :data:`LABELLING_CUSTODIAN_KWARGS`).
         run_vasp_kwargs: further :func:`atomate2.vasp.run.run_vasp` arguments (job_type,
-            max_errors, wall_time, ...); the arguments above take precedence.
+            max_errors (default :data:`LABELLING_MAX_ERRORS`: one corrective rerun),
+            wall_time, ...); the arguments above take precedence.
         **maker_kwargs: other ``StaticMaker`` fields, e.g.
             ``write_input_set_kwargs={"potcar_spec": True}`` for tests without POTCARs.
     """
@@ -287,6 +505,7 @@ def vasp_reference_maker(
         user_potcar_settings=user_potcar_settings)
     run_kwargs: dict[str, Any] = dict(run_vasp_kwargs or {})
     run_kwargs["handlers"] = list(LABELLING_HANDLERS if handlers is None else handlers)
+    run_kwargs.setdefault("max_errors", LABELLING_MAX_ERRORS)
     run_kwargs["custodian_kwargs"] = {**LABELLING_CUSTODIAN_KWARGS,
                                       **run_kwargs.get("custodian_kwargs", {}),
                                       **(custodian_kwargs or {})}

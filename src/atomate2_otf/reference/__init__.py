@@ -1,8 +1,8 @@
 """How one structure gets labelled: atomate2 static Makers and ASE calculators.
 
 Registered names (:func:`get_reference_maker`, the CLI's ``--reference``): ``gfn2-xtb``,
-``gfn1-xtb``, ``emt`` (retrying versions, :mod:`.retry`), ``vasp`` (:mod:`.vasp`, custodian
-handles its failures), ``qe`` (Quantum ESPRESSO for periodic cells, :mod:`.qe`) and
+``gfn1-xtb``, ``emt`` (retrying versions, :mod:`.retry`), ``vasp`` (:mod:`.vasp`, one custodian
+rerun, then ``ReferenceCalculationError``), ``qe`` (Quantum ESPRESSO for periodic cells, :mod:`.qe`) and
 ``pyscf`` (molecules only, no stress, :mod:`.pyscf`). A failed SCF, a crash or NaN output
 of the ASE-based ones is retried once with safer SCF settings; then the run stops with
 :class:`ReferenceCalculationError` naming the call and the code.

@@ -21,8 +21,10 @@ too, :class:`ReferenceCalculationError` names the reference call (index and MD s
 from the running jobflow job), the code, the structure and both failures. The job fails,
 so the flow stops; the labels and checkpoints written by earlier jobs stay in the store.
 
-The VASP Maker (:mod:`atomate2_otf.reference.vasp`) does not use this: custodian's
-handlers already correct and rerun VASP.
+The VASP Maker (:mod:`atomate2_otf.reference.vasp`) relies on custodian instead: one
+corrective rerun (``max_errors=2``, ``VaspCrashHandler`` for crashes), then the same
+:class:`ReferenceCalculationError`. NaN in any reference's output is refused by
+:func:`atomate2_otf.reference.labels.label_from_output`.
 """
 
 from __future__ import annotations

@@ -22,7 +22,31 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def one_run(cycles: int, store_kind: str) -> dict:
+def _sample_rss_after_updates(at: set[int]) -> dict[int, float]:
+    """Current RSS (MB) right after the given update jobs: the steady state of the run,
+    where peak RSS also holds the end (reading back a thousand call records)."""
+    import gc
+
+    import jobflow.core.job as jobflow_job
+    import psutil
+
+    process, samples, seen = psutil.Process(), {}, [0]
+    run = jobflow_job.Job.run
+
+    def run_and_sample(self, store, job_dir=None):
+        response = run(self, store, job_dir)
+        if self.name.startswith("otf update"):
+            seen[0] += 1
+            if seen[0] in at:
+                gc.collect()
+                samples[seen[0]] = round(process.memory_info().rss / 2**20, 1)
+        return response
+
+    jobflow_job.Job.run = run_and_sample
+    return samples
+
+
+def one_run(cycles: int, store_kind: str, manager: str = "jobflow") -> dict:
     """Run ``cycles`` replace cycles in this process; return the measurements."""
     import logging
     import os
@@ -60,14 +84,22 @@ def one_run(cycles: int, store_kind: str) -> dict:
                        timestep_fs=1.0, n_chains=2, update_steps=1, initial_update_steps=1,
                        n_workers=1, force_trigger_every=1, trajectory_interval=100)
     flow = maker.make(atoms)
+    rss_at = _sample_rss_after_updates({10, 100, cycles // 2, cycles})
     started = time.perf_counter()
-    run_locally(flow, store=store, log=False, ensure_success=True)
+    if manager == "jobflow":
+        run_locally(flow, store=store, log=False, ensure_success=True)
+    else:
+        from atomate2_otf.local import run_flow_locally
+
+        run_flow_locally(flow, store)
     wall = time.perf_counter() - started
     doc = store.get_output(flow.output.uuid, load=True)
     calls = doc.n_reference_calls if hasattr(doc, "n_reference_calls") else doc["n_reference_calls"]
-    return {"cycles": cycles, "store": store_kind, "reference_calls": calls,
+    return {"cycles": cycles, "store": store_kind, "manager": manager,
+            "reference_calls": calls,
             "wall_s": round(wall, 2), "s_per_cycle": round(wall / cycles, 4),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "rss_mb_after_update": rss_at,
             "recursion_limit": sys.getrecursionlimit()}
 
 
@@ -75,24 +107,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--store", choices=["embedded", "memory"], nargs="+",
-                        default=["memory", "embedded"])
+                        default=["embedded"])
+    parser.add_argument("--manager", choices=["jobflow", "flat"], nargs="+",
+                        default=["jobflow", "flat"],
+                        help="jobflow's run_locally or atomate2_otf.local.run_flow_locally")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "replace_cycles.json"))
-    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(one_run(int(args.child[0]), args.child[1])))
+        print(json.dumps(one_run(int(args.child[0]), args.child[1], args.child[2])))
         return
     rows = []
     for kind in args.store:
-        for n in args.cycles:
-            out = subprocess.run([sys.executable, __file__, "--child", str(n), kind],
-                                 capture_output=True, text=True, check=True)
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(f"{'store':9s} {'cycles':>7s} {'calls':>6s} {'wall s':>8s} {'s/cycle':>8s} "
-          f"{'peak RSS MB':>12s}")
+        for manager in args.manager:
+            for n in args.cycles:
+                out = subprocess.run([sys.executable, __file__, "--child", str(n), kind, manager],
+                                     capture_output=True, text=True, check=True)
+                rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(f"{'store':9s} {'manager':8s} {'cycles':>7s} {'calls':>6s} {'wall s':>8s} "
+          f"{'s/cycle':>8s} {'peak RSS MB':>12s}  RSS MB after update k")
     for r in rows:
-        print(f"{r['store']:9s} {r['cycles']:>7d} {r['reference_calls']:>6d} {r['wall_s']:>8.1f} "
-              f"{r['s_per_cycle']:>8.3f} {r['peak_rss_mb']:>12.1f}")
+        rss = ", ".join(f"{k}: {v}" for k, v in sorted(r["rss_mb_after_update"].items(),
+                                                       key=lambda kv: int(kv[0])))
+        print(f"{r['store']:9s} {r['manager']:8s} {r['cycles']:>7d} {r['reference_calls']:>6d} "
+              f"{r['wall_s']:>8.1f} {r['s_per_cycle']:>8.3f} {r['peak_rss_mb']:>12.1f}  {rss}")
     Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
 
 

@@ -109,26 +109,29 @@ def _open_store(folder: str, must_exist: bool = False):
 
 
 def run_flow(maker, structure: Any, store_folder: str, verbose: bool = False):
-    """Build the flow (validating everything first), run it locally, return the OTFRunDoc."""
-    from jobflow import run_locally
-
+    """Build the flow (validating everything first), run it in this process with
+    :func:`atomate2_otf.local.run_flow_locally` (flat memory over long runs), return the
+    OTFRunDoc."""
     from atomate2_otf.jobs import read_run_doc
+    from atomate2_otf.local import run_flow_locally
 
     try:
         flow = maker.make(structure)
     except ValueError as err:
         raise UsageError(str(err)) from err
     store = _open_store(store_folder)
-    jobs_dir = Path(store_folder).expanduser() / "jobs"
-    jobs_dir.mkdir(parents=True, exist_ok=True)
     # one folder per job: file-based codes (VASP through custodian) must not see the
     # previous call's files
-    run_locally(flow, store=store, root_dir=jobs_dir, create_folders=True, log=verbose,
-                ensure_success=False)
+    jobs_dir = Path(store_folder).expanduser() / "jobs"
+    try:
+        run_flow_locally(flow, store, root_dir=jobs_dir, create_folders=True)
+    except Exception as err:  # a job failed; everything written so far stays in the store
+        logger.debug("the run failed", exc_info=True)
+        raise RuntimeError(f"the run stopped: {type(err).__name__}: {err} (store "
+                           f"{store_folder!r}; rerun with -v for the traceback)") from err
     doc = read_run_doc(store, flow.output.uuid)
     if doc is None:
-        raise RuntimeError(f"the run did not finish; see the log (rerun with -v) and the "
-                           f"store {store_folder!r}")
+        raise RuntimeError(f"the run did not finish; see the store {store_folder!r}")
     return doc
 
 
@@ -263,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"error: {err}\n")
         return 2
     except RuntimeError as err:  # a job failed: its traceback is in the log (-v)
+        if args.verbose:
+            logger.exception("run failed")
         sys.stderr.write(f"error: {err}\n")
         return 1
 

@@ -97,3 +97,34 @@ def test_production_md_needs_a_checkpoint():
 
     with pytest.raises(ValueError, match="checkpoint"):
         ProductionMDMaker().make(copper())
+
+
+def test_flat_local_runner_gives_the_run_that_run_locally_gives(store, tmp_path):
+    from atomate2_otf.local import run_flow_locally
+    from atomate2_otf.md.state import MDState
+    from atomate2_otf.store import embedded_job_store
+
+    flow = toy_maker(n_steps=25, seed=5).make(copper())
+    run_locally(flow, store=store, log=False, ensure_success=True, raise_immediately=True)
+    expected = final_doc(store, flow)
+    other = embedded_job_store(tmp_path / "flat")
+    flat = toy_maker(n_steps=25, seed=5).make(copper())
+    n_jobs = run_flow_locally(flat, other, root_dir=tmp_path / "jobs")
+    doc = final_doc(other, flat)
+    assert n_jobs == 3 + 4 * (doc.n_reference_calls - 1)  # 3 to start, 4 per cycle
+    assert doc.n_reference_calls == expected.n_reference_calls
+    np.testing.assert_allclose(doc.call_errors, expected.call_errors, rtol=0, atol=1e-12)
+    a, b = MDState.from_dict(doc.final_state), MDState.from_dict(expected.final_state)
+    np.testing.assert_allclose(a.positions, b.positions, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(a.momenta, b.momenta, rtol=0, atol=1e-12)
+
+
+def test_flat_local_runner_stops_at_a_failing_job(store, tmp_path):
+    from atomate2_otf.local import run_flow_locally
+
+    from tests.workflow.test_bad_input import BrokenReferenceMaker, _counter
+
+    _counter.n = 0
+    flow = toy_maker(reference_maker=BrokenReferenceMaker(mode="raise")).make(copper())
+    with pytest.raises(RuntimeError, match="SCF did not converge"):
+        run_flow_locally(flow, store, root_dir=tmp_path / "jobs")

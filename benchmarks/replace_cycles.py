@@ -22,30 +22,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _sample_rss_after_updates(at: set[int]) -> dict[int, float]:
-    """Current RSS (MB) right after the given update jobs: the steady state of the run,
-    where peak RSS also holds the end (reading back a thousand call records)."""
-    import gc
-
-    import jobflow.core.job as jobflow_job
-    import psutil
-
-    process, samples, seen = psutil.Process(), {}, [0]
-    run = jobflow_job.Job.run
-
-    def run_and_sample(self, store, job_dir=None):
-        response = run(self, store, job_dir)
-        if self.name.startswith("otf update"):
-            seen[0] += 1
-            if seen[0] in at:
-                gc.collect()
-                samples[seen[0]] = round(process.memory_info().rss / 2**20, 1)
-        return response
-
-    jobflow_job.Job.run = run_and_sample
-    return samples
-
-
 def one_run(cycles: int, store_kind: str, manager: str = "jobflow") -> dict:
     """Run ``cycles`` replace cycles in this process; return the measurements."""
     import logging
@@ -59,6 +35,7 @@ def one_run(cycles: int, store_kind: str, manager: str = "jobflow") -> dict:
     from atomate2_otf.models.base import register_model
     from atomate2_otf.reference.makers import EMTStaticMaker
     from atomate2_otf.store import embedded_job_store
+    from tests.rss import rss_after_updates
     from tests.toy_model import ToyModel
 
     import torch
@@ -84,14 +61,14 @@ def one_run(cycles: int, store_kind: str, manager: str = "jobflow") -> dict:
                        timestep_fs=1.0, n_chains=2, update_steps=1, initial_update_steps=1,
                        n_workers=1, force_trigger_every=1, trajectory_interval=100)
     flow = maker.make(atoms)
-    rss_at = _sample_rss_after_updates({10, 100, cycles // 2, cycles})
     started = time.perf_counter()
-    if manager == "jobflow":
-        run_locally(flow, store=store, log=False, ensure_success=True)
-    else:
-        from atomate2_otf.local import run_flow_locally
+    with rss_after_updates({10, 100, cycles // 2, cycles}) as rss_at:
+        if manager == "jobflow":
+            run_locally(flow, store=store, log=False, ensure_success=True)
+        else:
+            from atomate2_otf.local import run_flow_locally
 
-        run_flow_locally(flow, store)
+            run_flow_locally(flow, store)
     wall = time.perf_counter() - started
     doc = store.get_output(flow.output.uuid, load=True)
     calls = doc.n_reference_calls if hasattr(doc, "n_reference_calls") else doc["n_reference_calls"]

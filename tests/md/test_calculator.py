@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 from ase import Atoms
 
 from atomate2_otf.atoms import record_from_atoms
@@ -22,17 +21,8 @@ def molecule(seed: int) -> Atoms:
     return Atoms("CHHOH", positions=BASE + rng.normal(scale=0.05, size=BASE.shape))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny tensors: extra threads only contend for the shared cores (20x slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def posterior(one_torch_thread):
+def posterior(one_torch_thread):  # one_torch_thread: tests/conftest.py
     """Two chains that saw three labels (toy model at theta_0 plus noise) and one update."""
     sg = SGHMCConfig(n_steps=20, burn_in=5, ramp=5, batch_size=2, step_size=3e-3)
     post = Posterior(ToyModel(), PosteriorConfig(n_chains=2, energy_sigma=0.05, sghmc=sg,

@@ -61,35 +61,15 @@ def _cycles(store, cycles: int, manager: str = "jobflow", rss_after: tuple[int, 
                        timestep_fs=1.0, n_chains=2, update_steps=1, initial_update_steps=1,
                        n_workers=1, force_trigger_every=1, trajectory_interval=1000)
     flow = maker.make(atoms)
-    samples: dict[int, float] = {}
-    if rss_after:
-        import gc
+    from tests.rss import rss_after_updates
 
-        import jobflow.core.job as jobflow_job
-        import psutil
-
-        run, seen = jobflow_job.Job.run, [0]
-
-        def run_and_sample(self, store, job_dir=None):
-            response = run(self, store, job_dir)
-            if self.name.startswith("otf update"):
-                seen[0] += 1
-                if seen[0] in rss_after:
-                    gc.collect()
-                    samples[seen[0]] = psutil.Process().memory_info().rss / 2**20
-            return response
-
-        jobflow_job.Job.run = run_and_sample
-    try:
+    with rss_after_updates(set(rss_after)) as samples:
         if manager == "jobflow":
             run_locally(flow, store=store, log=False, ensure_success=True)
         else:
             from atomate2_otf.local import run_flow_locally
 
             run_flow_locally(flow, store)
-    finally:
-        if rss_after:
-            jobflow_job.Job.run = run
     return read_run_doc(store, flow.output.uuid), samples
 
 

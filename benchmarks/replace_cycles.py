@@ -28,13 +28,10 @@ def one_run(cycles: int, store_kind: str, manager: str = "jobflow") -> dict:
     import os
 
     sys.path.insert(0, str(ROOT))
-    from ase.build import bulk
-    from jobflow import run_locally
 
-    from atomate2_otf.flows import OTFMDMaker
     from atomate2_otf.models.base import register_model
-    from atomate2_otf.reference.makers import EMTStaticMaker
     from atomate2_otf.store import embedded_job_store
+    from tests.cycles import cycles_flow, run_with
     from tests.rss import rss_after_updates
     from tests.toy_model import ToyModel
 
@@ -53,22 +50,10 @@ def one_run(cycles: int, store_kind: str, manager: str = "jobflow") -> dict:
                                                            "trajectories": MemoryStore()})
     else:
         store = embedded_job_store(Path(folder) / "store")
-    atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
-    atoms.rattle(0.02, seed=1)
-    # every=1: each segment redoes the labelled step with the label, then triggers on the
-    # first model-evaluated step: one reference call per MD step
-    maker = OTFMDMaker(model="toy", reference_maker=EMTStaticMaker(), n_steps=cycles,
-                       timestep_fs=1.0, n_chains=2, update_steps=1, initial_update_steps=1,
-                       n_workers=1, force_trigger_every=1, trajectory_interval=100)
-    flow = maker.make(atoms)
+    flow = cycles_flow(cycles, trajectory_interval=100)
     started = time.perf_counter()
     with rss_after_updates({10, 100, cycles // 2, cycles}) as rss_at:
-        if manager == "jobflow":
-            run_locally(flow, store=store, log=False, ensure_success=True)
-        else:
-            from atomate2_otf.local import run_flow_locally
-
-            run_flow_locally(flow, store)
+        run_with(manager, flow, store)
     wall = time.perf_counter() - started
     doc = store.get_output(flow.output.uuid, load=True)
     calls = doc.n_reference_calls if hasattr(doc, "n_reference_calls") else doc["n_reference_calls"]

@@ -50,26 +50,12 @@ def test_ethanol_demo_settings_calls_are_accurate_and_beat_the_untuned_model(sto
 
 
 def _cycles(store, cycles: int, manager: str = "jobflow", rss_after: tuple[int, ...] = ()):
-    from ase.build import bulk
-
-    from atomate2_otf.flows import OTFMDMaker
-    from atomate2_otf.reference.makers import EMTStaticMaker
-
-    atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
-    atoms.rattle(0.02, seed=1)
-    maker = OTFMDMaker(model="toy", reference_maker=EMTStaticMaker(), n_steps=cycles,
-                       timestep_fs=1.0, n_chains=2, update_steps=1, initial_update_steps=1,
-                       n_workers=1, force_trigger_every=1, trajectory_interval=1000)
-    flow = maker.make(atoms)
+    from tests.cycles import cycles_flow, run_with
     from tests.rss import rss_after_updates
 
+    flow = cycles_flow(cycles)
     with rss_after_updates(set(rss_after)) as samples:
-        if manager == "jobflow":
-            run_locally(flow, store=store, log=False, ensure_success=True)
-        else:
-            from atomate2_otf.local import run_flow_locally
-
-            run_flow_locally(flow, store)
+        run_with(manager, flow, store)
     return read_run_doc(store, flow.output.uuid), samples
 
 

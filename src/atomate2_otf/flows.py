@@ -25,7 +25,7 @@ from atomate2_otf.jobs import (
     md_segment,
     prepare_run,
 )
-from atomate2_otf.models.base import registered_models
+from atomate2_otf.models.base import check_model_name
 from atomate2_otf.reference.makers import reference_names
 from atomate2_otf.reference.retry import RetryingGFN2xTBStaticMaker
 from atomate2_otf.schemas import EV_PER_KCAL_MOL
@@ -162,9 +162,7 @@ class OTFMDMaker(_MDMaker):
         from atomate2_otf.bnn.posterior import PosteriorConfig
         from atomate2_otf.bnn.sghmc import SGHMCConfig
 
-        if self.model not in registered_models():
-            raise ValueError(f"unknown model name {self.model!r}; registered models are: "
-                             f"{', '.join(registered_models())}")
+        check_model_name(self.model)
         threshold = check_threshold(self.threshold)
         confidence = check_confidence(self.confidence)
         if self.sigma_tl is not None:

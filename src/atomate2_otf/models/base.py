@@ -164,16 +164,36 @@ def registered_models() -> list[str]:
     return sorted(set(_BUILTIN) | set(_REGISTRY))
 
 
+def is_import_path(name: Any) -> bool:
+    """``"package.module:factory"``: a model any process can build without registering it
+    first (worker processes of FireWorks or a ChainPool do not share a registry)."""
+    if not isinstance(name, str) or name.count(":") != 1:
+        return False
+    module_name, factory_name = name.split(":")
+    return all(part.isidentifier() for part in module_name.split(".")) and \
+        factory_name.isidentifier()
+
+
+def check_model_name(name: Any) -> None:
+    """ValueError naming ``name`` and what is accepted, before any model is loaded."""
+    if isinstance(name, str) and (name in _REGISTRY or name in _BUILTIN or is_import_path(name)):
+        return
+    raise ValueError(
+        f"unknown model name {name!r}; registered models are: "
+        f"{', '.join(registered_models())} (or give an import path 'package.module:factory')"
+    )
+
+
 def load_model(name: str, **kwargs: Any) -> FoundationModel:
-    """Build a foundation model by registered name (e.g. ``"chgnet"``, ``"sevenn-0"``)."""
-    if name in _REGISTRY:
+    """Build a foundation model by registered name (e.g. ``"chgnet"``, ``"sevenn-0"``) or by
+    import path ``"package.module:factory"`` (the factory takes ``**kwargs``)."""
+    if isinstance(name, str) and name in _REGISTRY:
         return _REGISTRY[name](**kwargs)
-    if not isinstance(name, str) or name not in _BUILTIN:
-        raise ValueError(
-            f"unknown model name {name!r}; registered models are: "
-            f"{', '.join(registered_models())}"
-        )
-    target, defaults = _BUILTIN[name]
+    check_model_name(name)
+    if name in _BUILTIN:
+        target, defaults = _BUILTIN[name]
+    else:
+        target, defaults = name, {}
     module_name, factory_name = target.split(":")
     import importlib
 
@@ -185,6 +205,9 @@ def load_model(name: str, **kwargs: Any) -> FoundationModel:
             f"model {name!r} needs an optional dependency that is not installed ({err}); "
             f"install it with: pip install 'atomate2-otf[{extra}]'"
         ) from err
-    model = getattr(module, factory_name)(**{**defaults, **kwargs})
+    factory = getattr(module, factory_name, None)
+    if factory is None:
+        raise ValueError(f"model {name!r}: module {module_name!r} has no {factory_name!r}")
+    model = factory(**{**defaults, **kwargs})
     model.name = name
     return model

@@ -20,10 +20,13 @@ from atomate2_otf.bnn.prior import check_sigma_tl
 from atomate2_otf.jobs import (
     STORE_CONFIG,
     RunConfig,
+    check_worker_categories,
     current_store,
     load_posterior,
     md_segment,
     prepare_run,
+    route_segment,
+    route_to_category,
 )
 from atomate2_otf.models.base import check_model_name
 from atomate2_otf.reference.makers import reference_names
@@ -139,6 +142,9 @@ class OTFMDMaker(_MDMaker):
             (diagnostics and tests; None: the calibrated trigger).
         trajectory_interval: MD steps between stored frames.
         seed: seeds velocities, thermostat noise, chains and minibatches.
+        worker_categories: FireWorks categories by job kind, keys "reference", "segment",
+            "update", "prepare" (e.g. references on CPU workers, the rest on GPU workers;
+            see atomate2_otf.fireworks.DEFAULT_WORKER_CATEGORIES); None: no routing.
     """
 
     reference_maker: Maker = field(default_factory=RetryingGFN2xTBStaticMaker)
@@ -156,6 +162,7 @@ class OTFMDMaker(_MDMaker):
     max_reference_calls: int | None = None
     force_trigger_every: int | None = None
     progress: bool = False
+    worker_categories: dict[str, str] | None = None
 
     def run_config(self, atoms: Atoms) -> RunConfig:
         """Validate every setting (no model is loaded) and freeze them for the jobs."""
@@ -163,6 +170,7 @@ class OTFMDMaker(_MDMaker):
         from atomate2_otf.bnn.sghmc import SGHMCConfig
 
         check_model_name(self.model)
+        categories = check_worker_categories(self.worker_categories)
         threshold = check_threshold(self.threshold)
         confidence = check_confidence(self.confidence)
         if self.sigma_tl is not None:
@@ -200,7 +208,7 @@ class OTFMDMaker(_MDMaker):
             keep_checkpoints=int(self.keep_checkpoints),
             max_reference_calls=self.max_reference_calls,
             force_trigger_every=self.force_trigger_every, progress=bool(self.progress),
-            formula=atoms.get_chemical_formula(mode="hill"))
+            formula=atoms.get_chemical_formula(mode="hill"), worker_categories=categories)
 
     def make(self, structure: Structure | Molecule | Atoms | str | Path,
              prev_dir: str | Path | None = None) -> Flow:
@@ -222,6 +230,10 @@ class OTFMDMaker(_MDMaker):
                              run_started=prepare.output["run_started"])
         segment.name = "otf md segment 0"
         segment.metadata = cfg.metadata("segment", 0)
+        if cfg.worker_categories:
+            route_to_category(reference, cfg.worker_categories.get("reference"))
+            route_to_category(prepare, cfg.worker_categories.get("prepare"))
+            route_segment(segment, cfg.worker_categories)
         return Flow([reference, prepare, segment], output=segment.output,
                     name=f"{self.name} {cfg.formula}")
 

@@ -64,6 +64,7 @@ class RunConfig:
     force_trigger_every: int | None = None
     progress: bool = False
     formula: str | None = None
+    worker_categories: dict[str, str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -76,6 +77,83 @@ class RunConfig:
     def metadata(self, kind: str, index: int) -> dict[str, Any]:
         """Job metadata: lets status/summary queries find a run's jobs in any store."""
         return {"otf_run_id": self.run_id, "otf_kind": kind, "otf_index": int(index)}
+
+
+# -- worker routing --------------------------------------------------------------------------
+#: the kinds of job a run is made of, as keys of ``worker_categories``
+WORKER_KINDS = ("reference", "segment", "update", "prepare")
+#: name of the job jobflow appends to a replacement flow to carry the replaced job's output
+_STORE_INPUTS = "store_inputs"
+
+
+def check_worker_categories(categories: dict[str, str] | None) -> dict[str, str] | None:
+    """Validate ``{kind: FireWorks category}`` (kinds: :data:`WORKER_KINDS`) before a run.
+
+    A misspelt kind would silently leave that kind's jobs without a category, and such jobs
+    wait forever when every worker serves a category, so it is refused here instead.
+    """
+    if categories is None:
+        return None
+    if not isinstance(categories, dict):
+        raise ValueError(f"worker_categories must be a dict {{kind: category}} with kinds "
+                         f"{', '.join(WORKER_KINDS)}; got {categories!r}")
+    for kind, category in categories.items():
+        if kind not in WORKER_KINDS:
+            raise ValueError(f"worker_categories has an unknown key {kind!r}; accepted keys "
+                             f"are: {', '.join(WORKER_KINDS)}")
+        if not isinstance(category, str) or not category.strip():
+            raise ValueError(f"worker_categories[{kind!r}] must be a non-empty string (a "
+                             f"FireWorks category), got {category!r}")
+    return {str(k): str(v) for k, v in categories.items()}
+
+
+def _jobs_of(job_or_flow: Any) -> list[Any]:
+    """Every Job in a Job or (nested) Flow: reference Makers such as VASP's make Flows."""
+    if isinstance(job_or_flow, Flow):
+        return [j for child in job_or_flow.jobs for j in _jobs_of(child)]
+    return [job_or_flow]
+
+
+def route_to_category(job_or_flow: Any, category: str | None) -> None:
+    """Send every job of ``job_or_flow`` to FireWorks workers of ``category``.
+
+    jobflow copies ``manager_config`` into the Firework spec, and FireWorks gives a
+    Firework with ``_category`` only to a worker whose fworker file lists that category.
+    Other ``manager_config`` entries (``_fworker``, ``_priority``, ...) are kept.
+    """
+    if category is None:
+        return
+    for one in _jobs_of(job_or_flow):
+        one.config.manager_config = {**(one.config.manager_config or {}), "_category": category}
+
+
+def route_segment(segment: Any, categories: dict[str, str] | None) -> None:
+    """Route an MD segment job and what jobflow derives from its replacement.
+
+    jobflow's ``pass_manager_config`` (on by default) copies the replaced job's
+    ``manager_config`` over every job of the replacement flow, which would send reference
+    k and update k to the segment's workers; it is switched off here, and md_segment
+    routes each job it creates itself. jobflow also appends a ``store_inputs`` job (same
+    uuid as the segment, carries its output on) that md_segment never sees: a dynamic
+    config update, inherited by each following segment, gives it the segment category.
+    """
+    if not categories:
+        return
+    route_to_category(segment, categories.get("segment"))
+    segment.config.pass_manager_config = False
+    _route_store_inputs(segment, categories.get("segment"))
+
+
+def _route_store_inputs(segment: Any, category: str | None) -> None:
+    """Idempotently register the dynamic update that routes jobflow's store_inputs job
+    (idempotent, so the list of updates stays one long over a thousand cycles)."""
+    if category is None:
+        return
+    for update in segment.config_updates:
+        if update.get("name_filter") == _STORE_INPUTS:
+            return
+    segment.update_config({"manager_config": {"_category": category}},
+                          name_filter=_STORE_INPUTS, attributes="manager_config", dynamic=True)
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -293,6 +371,17 @@ def md_segment(checkpoint: str, state: dict[str, Any], index: int, config: dict[
                            run_started=run_started)
     following.name = f"otf md segment {k}"
     following.metadata = cfg.metadata("segment", k)
+    if cfg.worker_categories:
+        from jobflow import CURRENT_JOB
+
+        categories = cfg.worker_categories
+        route_to_category(reference, categories.get("reference"))
+        route_to_category(update, categories.get("update"))
+        route_to_category(following, categories.get("segment"))
+        following.config.pass_manager_config = False
+        # the store_inputs update reaches `following` through jobflow's config_updates
+        if CURRENT_JOB.job is not None:
+            _route_store_inputs(CURRENT_JOB.job, categories.get("segment"))
     _ensure_recursion_headroom()
     return Response(replace=Flow([reference, update, following], output=following.output,
                                  name=f"otf cycle {k}"),

@@ -3,18 +3,22 @@
 Only this module knows how checkpoints are laid out. Jobs receive a :class:`jobflow.JobStore`
 (``CURRENT_JOB.store`` inside a running job) and use its *additional stores*:
 
-- ``"checkpoints"``: one document per posterior checkpoint ``{run_id, index, data, nbytes}``,
-  ``data`` the posterior bytes base64-encoded (maggma stores JSON-encode what they hold);
-- ``"trajectories"`` (optional): one document per MD segment with its sampled frames.
+- ``"checkpoints"``: one entry per posterior checkpoint ``{_key, run_id, index, nbytes}``
+  plus the posterior bytes, stored RAW where the store can hold bytes (a GridFS file, a
+  SQLite BLOB: 1.0x the posterior) and base64 in a JSON document in any other maggma
+  Store (1.33x); documents written base64 by earlier versions stay readable;
+- ``"trajectories"`` (optional): one document per MD segment with its sampled frames;
+- ``"runs"`` (optional): a small journal of runs, key ``run_id`` (used by the runners).
 
-Nothing here assumes a store class: any maggma Store works (SQLiteStore embedded by default,
-MongoStore/GridFSStore in production), so documents stay small in the docs store and large
-blobs go where the JobStore's configuration puts them.
+:func:`open_job_store` opens any of the three ways to say where a run lives: a folder
+(embedded SQLite), a jobflow JobStore config file, or a ``mongodb://`` URI (MongoDB +
+GridFS, see :mod:`atomate2_otf.mongo`), and checks that the database answers.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -29,15 +33,17 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_STORE = "checkpoints"
 TRAJECTORY_STORE = "trajectories"
+RUNS_STORE = "runs"
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
 
 def embedded_job_store(folder: str | Path) -> JobStore:
     """A file-backed JobStore in ``folder`` (created if missing): no server needed.
 
-    One SQLite file, ``folder/otf.sqlite``, with three collections (see
+    One SQLite file, ``folder/otf.sqlite``, with four collections (see
     :class:`~atomate2_otf.sqlite_store.SQLiteStore`, and why not MontyDB): ``outputs`` for
-    job documents, plus the ``checkpoints`` and ``trajectories`` additional stores.
-    Reopening the same folder gives the same data.
+    job documents, plus the ``checkpoints``, ``trajectories`` and ``runs`` (key
+    ``run_id``) additional stores. Reopening the same folder gives the same data.
     """
     from jobflow import JobStore
 
@@ -49,7 +55,97 @@ def embedded_job_store(folder: str | Path) -> JobStore:
     return JobStore(SQLiteStore("outputs", database, key="uuid"), additional_stores={
         CHECKPOINT_STORE: SQLiteStore(CHECKPOINT_STORE, database, key="_key"),
         TRAJECTORY_STORE: SQLiteStore(TRAJECTORY_STORE, database, key="_key"),
+        RUNS_STORE: SQLiteStore(RUNS_STORE, database, key="run_id"),
     })
+
+
+def _load_config(path: Path) -> JobStore:
+    """A JobStore from a jobflow config file: a JobStore spec (``docs_store`` and
+    ``additional_stores``), the same under a ``JOB_STORE`` key (jobflow's settings file),
+    or a monty-serialised JobStore."""
+    from jobflow import JobStore
+    from monty.serialization import loadfn
+
+    import atomate2_otf.mongo  # noqa: F401  (RetryingStore: a store type configs may name)
+
+    if not path.is_file():
+        raise ValueError(f"JobStore config file {path} does not exist (a folder for an "
+                         f"embedded store must not end in {'/'.join(CONFIG_SUFFIXES)})")
+    try:
+        spec = loadfn(path)
+    except Exception as error:
+        raise ValueError(f"cannot parse JobStore config file {path}: "
+                         f"{type(error).__name__}: {error}") from error
+    if isinstance(spec, JobStore):
+        return spec
+    if isinstance(spec, dict) and "JOB_STORE" in spec:
+        spec = spec["JOB_STORE"]
+    if not isinstance(spec, dict) or "docs_store" not in spec:
+        raise ValueError(f"JobStore config file {path} has no 'docs_store' (nor JOB_STORE: "
+                         f"{{docs_store: ...}}); see examples/jobflow_mongo.yaml")
+    try:
+        return JobStore.from_dict_spec(spec)
+    except Exception as error:
+        raise ValueError(f"JobStore config file {path} does not describe a JobStore: "
+                         f"{type(error).__name__}: {error}") from error
+
+
+def open_job_store(spec: str | Path, check_timeout_s: float = 5.0) -> JobStore:
+    """The JobStore ``spec`` names, connected, its database checked to answer.
+
+    ``spec``: a folder (existing or not) -> :func:`embedded_job_store`; a ``.yaml``/
+    ``.yml``/``.json`` file -> jobflow's :meth:`JobStore.from_file` format (also under a
+    ``JOB_STORE`` key); a ``mongodb://``/``mongodb+srv://`` URI -> MongoDB documents and
+    GridFS checkpoints/trajectories in the URI's database (default ``atomate2_otf``, see
+    :func:`atomate2_otf.mongo.mongo_job_store`). MongoDB/GridFS stores are wrapped in
+    :class:`~atomate2_otf.mongo.RetryingStore` so a database restart mid-run is waited
+    out. Raises ValueError for a config that does not parse, and
+    :class:`~atomate2_otf.mongo.StoreUnreachableError` (a ValueError) naming host and port
+    when the database does not answer within ``check_timeout_s``.
+    """
+    from atomate2_otf.mongo import check_reachable, mongo_job_store, wrap_mongo_stores
+
+    text = str(spec)
+    if text.startswith(("mongodb://", "mongodb+srv://")):
+        try:
+            job_store = mongo_job_store(text)
+        except ValueError:
+            raise
+        except Exception as error:  # pymongo's InvalidURI, ConfigurationError
+            raise ValueError(f"invalid MongoDB URI {text!r}: {error}") from error
+        source = "the MongoDB URI"
+    else:
+        path = Path(text).expanduser()
+        if path.suffix.lower() in CONFIG_SUFFIXES:
+            job_store = wrap_mongo_stores(_load_config(path))
+            source = str(path)
+        elif path.is_file():
+            raise ValueError(f"{path} is a file, not a store folder nor a JobStore config "
+                             f"(.yaml, .yml, .json)")
+        else:
+            job_store = embedded_job_store(path)
+            source = str(path)
+    check_reachable(job_store, source, timeout_s=check_timeout_s)
+    job_store.connect()
+    _ensure_indexes(job_store)
+    logger.info("opened JobStore %s", job_store.name)
+    return job_store
+
+
+def _ensure_indexes(job_store: JobStore) -> None:
+    """Indexes the package's queries use (no-ops on the embedded store, which has them)."""
+    from atomate2_otf.mongo import _is_mongo, unwrap
+
+    if not _is_mongo(unwrap(job_store.docs_store)):
+        return
+    for field in ("uuid", "metadata.otf_run_id", "metadata.otf_kind"):
+        job_store.docs_store.ensure_index(field)
+    for name, fields in ((CHECKPOINT_STORE, ("_key", "run_id")),
+                         (TRAJECTORY_STORE, ("_key", "run_id")), (RUNS_STORE, ("run_id",))):
+        extra = job_store.additional_stores.get(name)
+        if extra is not None and _is_mongo(unwrap(extra)):
+            for field in fields:
+                extra.ensure_index(field)
 
 
 def _additional(store: JobStore, name: str, required: bool) -> Store | None:
@@ -71,29 +167,112 @@ def checkpoint_key(run_id: str, index: int) -> str:
     return f"{run_id}:{int(index)}"
 
 
+def _backend(store: Store) -> str:
+    """How checkpoint bytes are kept in ``store``: "gridfs" and "sqlite" raw, else base64."""
+    from maggma.stores import GridFSStore
+
+    from atomate2_otf.mongo import unwrap
+    from atomate2_otf.sqlite_store import SQLiteStore
+
+    inner = unwrap(store)
+    if isinstance(inner, GridFSStore):
+        return "gridfs"
+    if isinstance(inner, SQLiteStore):
+        return "sqlite"
+    return "base64"
+
+
+def _gridfs_put(fs_store: Any, meta: dict[str, Any], blob: bytes) -> None:
+    """One GridFS file holding the raw bytes (maggma's update would JSON-encode them);
+    then drop older files of the same key, as GridFSStore.update does (a retried write
+    leaves no duplicate)."""
+    fs = fs_store._collection
+    fs.put(blob, metadata=meta)
+    files = fs_store._files_collection
+    for old in files.find({"metadata._key": meta["_key"]}, ["_id"]).sort(
+            "uploadDate", -1).skip(1):
+        fs.delete(old["_id"])
+
+
+def _gridfs_get(fs_store: Any, key: str) -> bytes | None:
+    import json
+    import zlib
+
+    files = list(fs_store._files_collection.find({"metadata._key": key}).sort(
+        "uploadDate", -1).limit(1))
+    if not files:
+        return None
+    meta = files[0].get("metadata", {})
+    data = fs_store._collection.get(files[0]["_id"]).read()
+    if meta.get("encoding") == "raw":
+        return data
+    if meta.get("compression") == "zlib":  # written by GridFSStore.update (older versions)
+        data = zlib.decompress(data)
+    return base64.b64decode(json.loads(data)["data"])
+
+
 def save_checkpoint(store: JobStore, run_id: str, index: int, blob: bytes) -> str:
     """Write the posterior bytes of checkpoint ``index``; return its key."""
+    from atomate2_otf.mongo import retrying, unwrap
+
     key = checkpoint_key(run_id, index)
-    _additional(store, CHECKPOINT_STORE, True).update([{
-        "_key": key, "run_id": run_id, "index": int(index), "nbytes": len(blob),
-        "data": base64.b64encode(blob).decode("ascii"),
-        "created": datetime.now(timezone.utc).isoformat(),
-    }], key="_key")
+    extra = _additional(store, CHECKPOINT_STORE, True)
+    meta = {"_key": key, "run_id": run_id, "index": int(index), "nbytes": len(blob),
+            "created": datetime.now(timezone.utc).isoformat()}
+    backend = _backend(extra)
+    if backend == "gridfs":
+        retrying(extra, _gridfs_put, unwrap(extra), {**meta, "encoding": "raw"}, bytes(blob),
+                 what="save_checkpoint")
+    elif backend == "sqlite":
+        extra.update([{**meta, "encoding": "raw", "data": bytes(blob)}], key="_key")
+    else:
+        extra.update([{**meta, "encoding": "base64",
+                       "data": base64.b64encode(blob).decode("ascii")}], key="_key")
     return key
 
 
 def load_checkpoint(store: JobStore, key: str) -> bytes:
     """The posterior bytes saved under ``key``; a clear error if retention removed them."""
-    doc = _additional(store, CHECKPOINT_STORE, True).query_one({"_key": key})
-    if doc is None:
+    from atomate2_otf.mongo import retrying, unwrap
+
+    extra = _additional(store, CHECKPOINT_STORE, True)
+    if _backend(extra) == "gridfs":
+        blob = retrying(extra, _gridfs_get, unwrap(extra), key, what="load_checkpoint")
+    else:
+        doc = extra.query_one({"_key": key})
+        blob = None if doc is None else doc["data"]
+        if isinstance(blob, str):  # base64: other stores, and every store before 0.2
+            blob = base64.b64decode(blob)
+    if blob is None:
         raise ValueError(f"checkpoint {key!r} is not in the store (never written, or pruned "
                          f"by the retention policy)")
-    return base64.b64decode(doc["data"])
+    return bytes(blob)
+
+
+def stored_checkpoint_nbytes(store: JobStore, key: str) -> int:
+    """Bytes checkpoint ``key`` occupies at rest: the GridFS file length, the SQLite BLOB
+    length, or the size of the JSON document in any other store (size checks)."""
+    from atomate2_otf.mongo import retrying, unwrap
+
+    extra = _additional(store, CHECKPOINT_STORE, True)
+    backend = _backend(extra)
+    inner = unwrap(extra)
+    if backend == "gridfs":
+        doc = retrying(extra, inner._files_collection.find_one, {"metadata._key": key},
+                       what="stored_checkpoint_nbytes")
+        return 0 if doc is None else int(doc["length"])
+    if backend == "sqlite":
+        return inner.blob_nbytes({"_key": key}) or len(
+            (inner.query_one({"_key": key}) or {}).get("data", ""))
+    doc = extra.query_one({"_key": key})
+    return 0 if doc is None else len(json.dumps(doc, default=str))
 
 
 def list_checkpoints(store: JobStore, run_id: str) -> list[int]:
     """Indices of the checkpoints of ``run_id`` that are still stored, ascending."""
     extra = _additional(store, CHECKPOINT_STORE, True)
+    if _backend(extra) == "gridfs":  # file metadata only: never reads the bytes
+        return sorted(int(i) for i in extra.distinct("index", {"run_id": run_id}))
     return sorted(int(d["index"]) for d in extra.query({"run_id": run_id}, properties=["index"]))
 
 
@@ -140,8 +319,12 @@ def save_trajectory(store: JobStore, run_id: str, segment: int,
     extra = _additional(store, TRAJECTORY_STORE, False)
     if extra is None:
         return False
-    extra.update([{"_key": f"{run_id}:{int(segment)}", "run_id": run_id,
-                   "segment": int(segment), "frames": frames}], key="_key")
+    doc = {"_key": f"{run_id}:{int(segment)}", "run_id": run_id, "segment": int(segment),
+           "frames": frames}
+    if _backend(extra) == "gridfs":  # run_id/segment in the file metadata: queryable
+        extra.update([doc], key="_key", additional_metadata=["run_id", "segment"])
+    else:
+        extra.update([doc], key="_key")
     return True
 
 

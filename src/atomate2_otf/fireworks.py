@@ -137,6 +137,10 @@ def submit_flow(flow: Flow | Job, launchpad: LaunchPad, store: JobStore | None =
     """
     from jobflow.managers.fireworks import flow_to_workflow
 
+    if launchpad.fw_id_assigner.count_documents({}) == 0:
+        # FireWorks would fail half-way through add_wf with "Could not get next FW id!"
+        raise ValueError(f"the launchpad database {launchpad.name!r} is not initialised; "
+                         f"run 'lpad -l my_launchpad.yaml reset' once before submitting")
     tags = {"otf_output_uuid": getattr(getattr(flow, "output", None), "uuid", None),
             **(metadata or {})}
     workflow = flow_to_workflow(flow, store=store, metadata=tags)

@@ -205,7 +205,11 @@ class SQLiteStore(Store):
         for doc_id, body in cursor.fetchall():
             doc = json.loads(body, object_hook=_decode_hook)
             blob_fields = doc.pop(_BLOB_FIELDS, None) or []
-            if not criteria or filter_applies(criteria, doc):
+            if criteria and blob_fields:  # "$exists" sees the blob fields (not their bytes)
+                matches = filter_applies(criteria, {**doc, **dict.fromkeys(blob_fields, b"")})
+            else:
+                matches = not criteria or filter_applies(criteria, doc)
+            if matches:
                 yield doc_id, doc, blob_fields
 
     def _load_blobs(self, doc_id: int, doc: dict[str, Any], fields: list[str]) -> None:

@@ -76,3 +76,27 @@ def test_works_as_jobflow_store(tmp_path):
 def test_bad_collection_name(tmp_path):
     with pytest.raises(ValueError, match="identifier.*'a b'"):
         SQLiteStore("a b", str(tmp_path / "x.sqlite"))
+
+
+def test_bytes_fields_are_blobs_loaded_only_when_asked(sqlite, tmp_path):
+    import os
+    import sqlite3
+
+    blob = os.urandom(50_000)
+    sqlite.update({"uuid": "a", "data": blob, "nested": {"small": b"\x00\x01"}, "n": 1})
+    assert sqlite.query_one({"uuid": "a"})["data"] == blob
+    assert sqlite.query_one({"uuid": "a"})["nested"] == {"small": b"\x00\x01"}
+    assert list(sqlite.query({"uuid": "a"}, properties=["n"])) == [{"n": 1}]
+    assert sqlite.query_one({"uuid": "a"}, properties=["data"])["data"] == blob
+    assert sqlite.blob_nbytes({"uuid": "a"}) == len(blob)
+    replaced = os.urandom(10)
+    sqlite.update({"uuid": "a", "data": replaced})
+    assert sqlite.query_one({"uuid": "a"})["data"] == replaced
+    assert sqlite.blob_nbytes() == 10
+    sqlite.update({"uuid": "b", "data": blob})
+    sqlite.remove_docs({"uuid": "a"})
+    conn = sqlite3.connect(sqlite.database_path)
+    assert conn.execute("SELECT length(data) FROM docs__blobs").fetchall() == [(len(blob),)]
+    conn.close()
+    assert sqlite.count({"data": {"$exists": True}}) == 1
+    assert sqlite.count({"data": {"$exists": False}}) == 0

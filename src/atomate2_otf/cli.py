@@ -2,7 +2,12 @@
 
     atomate2-otf demo                      # ethanol, 300 K, CHGNet + GFN2-xTB, embedded store
     atomate2-otf run POSCAR --reference emt --steps 2000 --store runs/ [--json]
+    atomate2-otf batch candidates/ --reference emt --store runs/ [--launchpad my_launchpad.yaml]
     atomate2-otf status --store runs/
+    atomate2-otf resume --store runs/ [--json]   # finish runs killed mid-way
+
+``--store`` is a folder (the embedded store), a jobflow store file (.yaml/.json, e.g.
+MongoDB + GridFS) or a ``mongodb://`` URI.
 
 Bad input prints one line starting with "error:" and exits with status 2 (no traceback).
 """
@@ -50,28 +55,16 @@ def _temperatures(text: str) -> float | list[float]:
     return values[0] if len(values) == 1 else values
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="atomate2-otf",
-        description="On-the-fly Bayesian fine-tuning of foundation potentials during MD.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log jobflow's progress")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+STORE_HELP = ("store: a folder (embedded, created if missing), a jobflow store file "
+              "(.yaml/.json) or a mongodb:// URI (default: %(default)s)")
 
-    demo = sub.add_parser("demo", help="ethanol at 300 K, CHGNet fine-tuned on GFN2-xTB",
-                          description="Ethanol at 300 K for 1000 steps of 0.5 fs with CHGNet "
-                                      "(offline) fine-tuned on GFN2-xTB labels; a few minutes "
-                                      "on 2 CPU cores.")
-    demo.add_argument("--store", default=DEFAULT_STORE, help="store folder (default: %(default)s)")
-    demo.add_argument("--steps", type=int, default=DEMO["steps"], help="MD steps")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--json", action="store_true", help="print the OTFRunDoc as JSON")
 
-    run = sub.add_parser("run", help="on-the-fly MD of one structure file",
-                         description="On-the-fly MD of one structure (any file ASE reads).")
-    run.add_argument("structure", help="structure file (POSCAR, CIF, XYZ, ...)")
+def _add_run_options(run: argparse.ArgumentParser) -> None:
+    """The settings of an on-the-fly run (shared by ``run`` and ``batch``)."""
     run.add_argument("--model", default="chgnet", help="foundation model (default: %(default)s)")
     run.add_argument("--reference", default="gfn2-xtb",
-                     help="reference: gfn2-xtb, gfn1-xtb or emt (default: %(default)s)")
+                     help="reference: gfn2-xtb, gfn1-xtb, emt, vasp, qe or pyscf "
+                          "(default: %(default)s)")
     run.add_argument("--ensemble", default="nvt", choices=["nvt", "nve", "npt"])
     run.add_argument("--temperature", type=_temperatures, default=300.0,
                      help="K, or a schedule such as 300,800,300 (default: 300)")
@@ -86,52 +79,127 @@ def build_parser() -> argparse.ArgumentParser:
                      help="SGHMC steps per update (default: 2000)")
     run.add_argument("--pressure", type=_positive_float, default=1.0, help="bar, for npt")
     run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--store", default=DEFAULT_STORE, help="store folder (default: %(default)s)")
+    run.add_argument("--store", default=DEFAULT_STORE, help=STORE_HELP)
+    run.add_argument("--work-dir", default=None,
+                     help="folder for the jobs' files (default: STORE/jobs for a folder store, "
+                          "./otf-jobs otherwise)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="atomate2-otf",
+        description="On-the-fly Bayesian fine-tuning of foundation potentials during MD.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log jobflow's progress")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="ethanol at 300 K, CHGNet fine-tuned on GFN2-xTB",
+                          description="Ethanol at 300 K for 1000 steps of 0.5 fs with CHGNet "
+                                      "(offline) fine-tuned on GFN2-xTB labels; a few minutes "
+                                      "on 2 CPU cores.")
+    demo.add_argument("--store", default=DEFAULT_STORE, help=STORE_HELP)
+    demo.add_argument("--steps", type=int, default=DEMO["steps"], help="MD steps")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--json", action="store_true", help="print the OTFRunDoc as JSON")
+
+    run = sub.add_parser("run", help="on-the-fly MD of one structure file",
+                         description="On-the-fly MD of one structure (any file ASE reads).")
+    run.add_argument("structure", help="structure file (POSCAR, CIF, XYZ, ...)")
+    _add_run_options(run)
     run.add_argument("--json", action="store_true", help="print the OTFRunDoc as JSON on stdout")
 
+    batch = sub.add_parser(
+        "batch", help="one on-the-fly run per candidate material",
+        description="One on-the-fly run per structure file (folders are expanded). Each run "
+                    "is tagged with its formula and source file; an input that cannot run is "
+                    "reported and the others go on. Runs here one after another, or, with "
+                    "--launchpad, is submitted to FireWorks.")
+    batch.add_argument("sources", nargs="+", help="structure files and/or folders of them")
+    _add_run_options(batch)
+    batch.add_argument("--launchpad", default=None,
+                       help="FireWorks launchpad file: submit instead of running here")
+    batch.add_argument("--json", action="store_true", help="status rows as JSON on stdout")
+
+    resume = sub.add_parser(
+        "resume", help="finish the unfinished runs of a store",
+        description="Finish every run of the store that was killed, failed or never started "
+                    "(batch), from its journal: finished reference calculations are reused.")
+    resume.add_argument("--store", default=DEFAULT_STORE, help=STORE_HELP)
+    resume.add_argument("--run", action="append", dest="runs", default=None, metavar="RUN_ID",
+                        help="resume only this run (repeatable)")
+    resume.add_argument("--json", action="store_true",
+                        help="print the finished OTFRunDoc as JSON (a list if several)")
+
     status = sub.add_parser("status", help="one row per run in a store")
-    status.add_argument("--store", default=DEFAULT_STORE, help="store folder (default: %(default)s)")
+    status.add_argument("--store", default=DEFAULT_STORE, help=STORE_HELP)
+    status.add_argument("--launchpad", default=None,
+                        help="FireWorks launchpad file: states of submitted runs from there")
     status.add_argument("--json", action="store_true", help="rows as JSON")
     return parser
 
 
-def _open_store(folder: str, must_exist: bool = False):
-    from atomate2_otf.store import embedded_job_store
+def _is_folder_spec(spec: str) -> bool:
+    return not (spec.startswith("mongodb://") or spec.startswith("mongodb+srv://")
+                or Path(spec).suffix.lower() in (".yaml", ".yml", ".json"))
 
-    path = Path(folder).expanduser()
-    if must_exist and not path.is_dir():
-        raise UsageError(f"store folder {str(path)!r} does not exist")
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"--store {str(path)!r} is a file; give a folder")
-    store = embedded_job_store(path)
-    store.connect()
+
+def _open_store(spec: str, must_exist: bool = False):
+    """The JobStore ``--store`` names (folder, jobflow store file or mongodb:// URI),
+    connected; an unreachable database or a bad file is a UsageError (one line)."""
+    from atomate2_otf.store import open_job_store
+
+    path = Path(spec).expanduser()
+    if _is_folder_spec(spec):
+        if must_exist and not path.is_dir():
+            raise UsageError(f"store folder {str(path)!r} does not exist")
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"--store {str(path)!r} is a file; give a folder, a jobflow "
+                             f"store file (.yaml/.json) or a mongodb:// URI")
+    try:
+        store = open_job_store(spec)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
     return store
 
 
-def run_flow(maker, structure: Any, store_folder: str, verbose: bool = False):
-    """Build the flow (validating everything first), run it in this process with
-    :func:`atomate2_otf.local.run_flow_locally` (flat memory over long runs), return the
-    OTFRunDoc."""
-    from atomate2_otf.jobs import read_run_doc
-    from atomate2_otf.local import run_flow_locally
+def _work_dir(args: argparse.Namespace) -> Path:
+    if getattr(args, "work_dir", None):
+        return Path(args.work_dir).expanduser()
+    if _is_folder_spec(args.store):
+        return Path(args.store).expanduser() / "jobs"
+    return Path("otf-jobs")
 
+
+def run_flow(maker, structure: Any, store_spec: str, verbose: bool = False,
+             work_dir: str | Path | None = None):
+    """Build the flow (validating everything first), run it in this process with
+    :func:`atomate2_otf.local.run_flow_locally` (flat memory over long runs, journalled for
+    ``resume``), return the OTFRunDoc."""
     try:
         flow = maker.make(structure)
     except ValueError as err:
         raise UsageError(str(err)) from err
-    store = _open_store(store_folder)
+    store = _open_store(store_spec)
     # one folder per job: file-based codes (VASP through custodian) must not see the
     # previous call's files
-    jobs_dir = Path(store_folder).expanduser() / "jobs"
+    jobs_dir = Path(store_spec).expanduser() / "jobs" if work_dir is None else Path(work_dir)
+    return _run_and_read(flow, store, store_spec, jobs_dir)
+
+
+def _run_and_read(flow, store, store_spec: str, jobs_dir: Path, **journal_fields: Any):
+    from atomate2_otf.jobs import read_run_doc
+    from atomate2_otf.local import run_flow_locally
+
     try:
-        run_flow_locally(flow, store, root_dir=jobs_dir, create_folders=True)
+        run_flow_locally(flow, store, root_dir=jobs_dir, create_folders=True,
+                         journal_fields=journal_fields or None)
     except Exception as err:  # a job failed; everything written so far stays in the store
         logger.debug("the run failed", exc_info=True)
         raise RuntimeError(f"the run stopped: {type(err).__name__}: {err} (store "
-                           f"{store_folder!r}; rerun with -v for the traceback)") from err
+                           f"{store_spec!r}; rerun with -v for the traceback; "
+                           f"'atomate2-otf resume --store {store_spec}' retries it)") from err
     doc = read_run_doc(store, flow.output.uuid)
     if doc is None:
-        raise RuntimeError(f"the run did not finish; see the store {store_folder!r}")
+        raise RuntimeError(f"the run did not finish; see the store {store_spec!r}")
     return doc
 
 
@@ -181,37 +249,161 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from atomate2_otf.flows import OTFMDMaker, to_atoms
+def _otf_maker(args: argparse.Namespace):
+    """The OTFMDMaker of ``run``/``batch``'s options (settings are checked by make())."""
+    from atomate2_otf.flows import OTFMDMaker
     from atomate2_otf.reference.makers import get_reference_maker
 
     try:
         reference = get_reference_maker(args.reference)
-        atoms = to_atoms(args.structure)
     except ValueError as err:
         raise UsageError(str(err)) from err
-    maker = OTFMDMaker(
+    return OTFMDMaker(
         model=args.model, reference_maker=reference, ensemble=args.ensemble,
         temperature=args.temperature, timestep_fs=args.timestep, n_steps=args.steps,
         threshold=args.threshold, confidence=args.confidence, n_chains=args.chains,
         update_steps=args.update_steps, pressure_bar=args.pressure, seed=args.seed,
         progress=not args.json)
-    doc = run_flow(maker, atoms, args.store, args.verbose)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from atomate2_otf.flows import to_atoms
+
+    maker = _otf_maker(args)
+    try:
+        atoms = to_atoms(args.structure)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    doc = run_flow(maker, atoms, args.store, args.verbose, work_dir=_work_dir(args))
     _emit(doc, args.json, args.store)
     return 0
 
 
-def status_rows(store) -> list[dict[str, Any]]:
-    """One row per run in the store: finished runs from their OTFRunDoc, running ones from
-    their newest segment."""
+def _batch_sources(paths: list[str]) -> dict[str, Any]:
+    """``{source_id: path}`` of the files given and the files in the folders given."""
+    from atomate2_otf.batch import structure_sources
+
+    sources: dict[str, Any] = {}
+    for text in paths:
+        path = Path(text).expanduser()
+        if path.is_dir():
+            try:
+                pairs = structure_sources(path)
+            except ValueError as err:
+                raise UsageError(str(err)) from err
+        elif path.is_file():
+            pairs = [(path.name, path)]
+        else:
+            raise UsageError(f"batch source {text!r} is neither a file nor a folder")
+        for source_id, item in pairs:
+            key = source_id if source_id not in sources else str(item)
+            sources[key] = item
+    return sources
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    """Build every material's run (bad inputs reported), then run or submit them all."""
+    from tqdm.auto import tqdm
+
+    from atomate2_otf.batch import BatchOTFMaker
+    from atomate2_otf.local import register_run
+
+    maker = BatchOTFMaker(otf_maker=_otf_maker(args))
+    sources = _batch_sources(args.sources)
+    launchpad = None
+    if args.launchpad:
+        from atomate2_otf.fireworks import load_launchpad
+
+        try:
+            launchpad = load_launchpad(args.launchpad)
+        except ValueError as err:
+            raise UsageError(str(err)) from err
+    store = _open_store(args.store)
+    items = maker.items(sources)
+    for item in items:
+        if item.error:
+            sys.stderr.write(f"error: {item.source_id}: {item.error}\n")
+    runnable = [item for item in items if item.flow is not None]
+    failed = [item.source_id for item in items if item.error]
+    if launchpad is not None:
+        from atomate2_otf.fireworks import submit_flow
+
+        for item in runnable:
+            fw_ids = submit_flow(item.flow, launchpad, store=store, metadata=item.metadata)
+            register_run(store, item.flow, state="submitted", fw_ids=list(fw_ids),
+                         source=item.source_id, formula=item.formula)
+        sys.stderr.write(f"submitted {len(runnable)} runs to {args.launchpad}\n")
+    else:
+        for item in runnable:  # journalled first: status lists them, resume can run them
+            register_run(store, item.flow, state="queued", source=item.source_id,
+                         formula=item.formula)
+        jobs_dir = _work_dir(args)
+        for item in tqdm(runnable, desc="materials", unit="run", disable=args.json):
+            try:
+                _run_and_read(item.flow, store, args.store, jobs_dir,
+                              source=item.source_id, formula=item.formula)
+            except RuntimeError as err:  # one material failing does not stop the others
+                failed.append(item.source_id)
+                sys.stderr.write(f"error: {item.source_id}: {err}\n")
+    _print_status(status_rows(store), args.json, args.store)
+    return 1 if failed else 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from atomate2_otf.jobs import read_run_doc
+    from atomate2_otf.local import resume_runs
+
+    store = _open_store(args.store, must_exist=True)
+    try:
+        outcomes = resume_runs(store, run_ids=args.runs)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    if not outcomes:
+        sys.stderr.write(f"nothing to resume in {args.store}\n")
+    docs = []
+    for outcome in outcomes:
+        if outcome.state == "completed":
+            doc = read_run_doc(store, outcome.output_uuid) if outcome.output_uuid else None
+            if doc is not None:
+                docs.append(doc)
+                if not args.json:
+                    sys.stdout.write(_summary(doc) + "\n")
+            sys.stderr.write(f"run {outcome.run_id}: finished ({outcome.jobs_run} jobs run, "
+                             f"{outcome.jobs_skipped} already done)\n")
+        else:
+            sys.stderr.write(f"error: run {outcome.run_id}: {outcome.state}: "
+                             f"{outcome.error}\n")
+    if args.json:
+        from monty.json import MontyEncoder
+
+        payload = docs[0].model_dump() if len(docs) == 1 else [d.model_dump() for d in docs]
+        sys.stdout.write(json.dumps(payload, cls=MontyEncoder, indent=1) + "\n")
+    return 0 if all(o.state == "completed" for o in outcomes) else 1
+
+
+def status_rows(store, launchpad=None) -> list[dict[str, Any]]:
+    """One row per run (material) in the store.
+
+    Finished runs come from their OTFRunDoc, running ones from their newest job, and the
+    runs' journals add what jobs cannot tell: runs that are queued, submitted to FireWorks,
+    failed, or interrupted (journalled as running by a process that is gone: resume them).
+    With ``launchpad``, submitted runs take their state from their Fireworks.
+    """
+    from atomate2_otf.local import _owner_alive, journal_store
+
     rows: dict[str, dict[str, Any]] = {}
+
+    def row_of(run_id: str) -> dict[str, Any]:
+        return rows.setdefault(run_id, {"run_id": run_id, "source": None, "state": "running",
+                                        "formula": None, "md_steps": 0, "reference_calls": 0,
+                                        "share_above_k": None, "wall_s": None, "error": None})
+
     for doc in store.query({"metadata.otf_kind": {"$in": ["prepare", "update", "segment"]}},
                            properties=["metadata", "output", "completed_at", "name"]):
         meta = doc["metadata"]
-        run_id = meta["otf_run_id"]
-        row = rows.setdefault(run_id, {"run_id": run_id, "state": "running", "formula": None,
-                                       "md_steps": 0, "reference_calls": 0,
-                                       "share_above_k": None, "wall_s": None})
+        row = row_of(meta["otf_run_id"])
+        row["source"] = row["source"] or meta.get("otf_source")
+        row["formula"] = row["formula"] or meta.get("otf_formula")
         output = doc.get("output") or {}
         if meta["otf_kind"] in ("prepare", "update"):
             row["reference_calls"] = max(row["reference_calls"], meta["otf_index"] + 1)
@@ -224,30 +416,73 @@ def status_rows(store) -> list[dict[str, Any]]:
         if isinstance(output, dict) and row["state"] == "running":
             step = output.get("md_step", (output.get("state") or {}).get("step", 0))
             row["md_steps"] = max(row["md_steps"] or 0, int(step))
-    return sorted(rows.values(), key=lambda r: r["run_id"])
+    runs = journal_store(store)
+    for journal in [] if runs is None else runs.query({}, properties=[
+            "run_id", "state", "source", "formula", "error", "host", "pid", "fw_ids"]):
+        row = row_of(str(journal["run_id"]))
+        row["source"] = journal.get("source") or row["source"]
+        row["formula"] = row["formula"] or journal.get("formula")
+        if row["state"] == "completed":
+            continue
+        state = journal.get("state", "running")
+        if state == "running" and not _owner_alive(journal):
+            state = "interrupted"
+        if state == "submitted" and launchpad is not None and journal.get("fw_ids"):
+            state = _fireworks_state(launchpad, journal["fw_ids"])
+        if state == "completed":  # journal done, document not readable: report as is
+            state = "running"
+        row["state"] = state
+        row["error"] = journal.get("error") if state == "failed" else None
+    return sorted(rows.values(), key=lambda r: (str(r["source"] or ""), r["run_id"]))
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    store = _open_store(args.store, must_exist=True)
-    rows = status_rows(store)
-    if args.json:
+def _fireworks_state(launchpad, fw_ids: list[int]) -> str:
+    """One state for a run's Fireworks: failed if any fizzled, running if any runs."""
+    states = {doc["state"] for doc in launchpad.fireworks.find(
+        {"fw_id": {"$in": [int(i) for i in fw_ids]}}, {"state": 1})}
+    if "FIZZLED" in states:
+        return "failed"
+    if "RUNNING" in states or "RESERVED" in states:
+        return "running"
+    if states <= {"COMPLETED"}:
+        return "running"  # the run's later Fireworks are detours not listed here
+    return "submitted"
+
+
+def _print_status(rows: list[dict[str, Any]], as_json: bool, store_spec: str) -> None:
+    if as_json:
         sys.stdout.write(json.dumps(rows, indent=1) + "\n")
-        return 0
-    header = f"{'run':14s} {'formula':10s} {'state':10s} {'MD steps':>9s} {'calls':>6s} " \
-             f"{'>K %':>6s} {'wall s':>8s}"
+        return
+    header = f"{'source':18s} {'run':13s} {'formula':10s} {'state':11s} {'MD steps':>9s} " \
+             f"{'calls':>6s} {'>K %':>6s} {'wall s':>8s}"
     sys.stdout.write(header + "\n")
     for r in rows:
         share = "-" if r["share_above_k"] is None else f"{100 * r['share_above_k']:.1f}"
         wall = "-" if r["wall_s"] is None else f"{r['wall_s']:.0f}"
-        sys.stdout.write(f"{r['run_id']:14s} {str(r['formula'] or '-'):10s} {r['state']:10s} "
-                         f"{r['md_steps'] or 0:>9d} {r['reference_calls']:>6d} {share:>6s} "
-                         f"{wall:>8s}\n")
+        sys.stdout.write(f"{str(r['source'] or '-')[:18]:18s} {r['run_id'][:13]:13s} "
+                         f"{str(r['formula'] or '-'):10s} {r['state']:11s} "
+                         f"{r['md_steps'] or 0:>9d} {r['reference_calls'] or 0:>6d} "
+                         f"{share:>6s} {wall:>8s}\n")
     if not rows:
-        sys.stdout.write(f"(no runs in {args.store})\n")
+        sys.stdout.write(f"(no runs in {store_spec})\n")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    store = _open_store(args.store, must_exist=True)
+    launchpad = None
+    if args.launchpad:
+        from atomate2_otf.fireworks import load_launchpad
+
+        try:
+            launchpad = load_launchpad(args.launchpad)
+        except ValueError as err:
+            raise UsageError(str(err)) from err
+    _print_status(status_rows(store, launchpad), args.json, args.store)
     return 0
 
 
-COMMANDS = {"demo": cmd_demo, "run": cmd_run, "status": cmd_status}
+COMMANDS = {"demo": cmd_demo, "run": cmd_run, "batch": cmd_batch, "status": cmd_status,
+            "resume": cmd_resume}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -468,7 +468,6 @@ def _print_status(rows: list[dict[str, Any]], as_json: bool, store_spec: str) ->
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    store = _open_store(args.store, must_exist=True)
     launchpad = None
     if args.launchpad:
         from atomate2_otf.fireworks import load_launchpad
@@ -477,6 +476,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             launchpad = load_launchpad(args.launchpad)
         except ValueError as err:
             raise UsageError(str(err)) from err
+    store = _open_store(args.store, must_exist=True)
     _print_status(status_rows(store, launchpad), args.json, args.store)
     return 0
 

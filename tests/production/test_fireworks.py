@@ -11,6 +11,7 @@ run of the same seed does, with every label and at most one repeated reference c
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,6 +32,7 @@ from tests.fw_workers import HoldingEMTMaker
 
 MODEL = "tests.fw_workers:HoldingToyModel"
 N_STEPS = 20  # force_trigger_every=7: reference calls 0, 1, 2 (two replace cycles)
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 CPU = "cpu-worker"
 GPU = "gpu-worker"
 
@@ -171,6 +173,87 @@ def test_run_through_fireworks_routes_every_job_by_category(fw_setup, uninterrup
         assert ran_on == worker_of[category], (fw["name"], ran_on)
     assert {launches[f["launches"][0]]["fworker"]["name"] for f in fireworks} == {CPU, GPU}
     print(f"\nFireWorks run, 2 workers: {len(fireworks)} fireworks in {elapsed:.1f} s")
+
+
+def test_load_launchpad_names_the_file_and_the_problem(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("host: [127.0.0.1,\n")
+    with pytest.raises(ValueError, match="broken.yaml.*does not parse"):
+        load_launchpad(broken)
+    with pytest.raises(ValueError, match="my_fworker_cpu.yaml.*not a launchpad config.*'host'"):
+        load_launchpad(EXAMPLES / "my_fworker_cpu.yaml")
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- host\n")
+    with pytest.raises(ValueError, match="list.yaml.*not a launchpad config"):
+        load_launchpad(listed)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("host: 127.0.0.1\nprot: 27017\n")
+    with pytest.raises(ValueError, match="typo.yaml.*unknown keys.*prot"):
+        load_launchpad(typo)
+    with pytest.raises(ValueError, match="missing.yaml.*does not exist"):
+        load_launchpad(tmp_path / "missing.yaml")
+
+
+def test_load_launchpad_names_host_and_port_of_an_unreachable_database(tmp_path):
+    from tests.mongo_server import free_port
+
+    port = free_port()  # nothing listens there
+    path = fw_workers.write_launchpad_file(tmp_path / "lp.yaml", "127.0.0.1", port, "x")
+    started = time.perf_counter()
+    with pytest.raises(ValueError, match=f"127.0.0.1:{port}.*did not answer within 1 s"):
+        load_launchpad(path, timeout_s=1)
+    assert time.perf_counter() - started < 5
+
+
+def test_example_worker_files_serve_the_default_categories():
+    from fireworks import FWorker
+
+    from atomate2_otf.fireworks import read_launchpad_config
+
+    cpu = FWorker.from_file(str(EXAMPLES / "my_fworker_cpu.yaml"))
+    gpu = FWorker.from_file(str(EXAMPLES / "my_fworker_gpu.yaml"))
+    assert cpu.category == [DEFAULT_WORKER_CATEGORIES["reference"]]
+    assert set(gpu.category) == {DEFAULT_WORKER_CATEGORIES[k]
+                                 for k in ("segment", "update", "prepare")}
+    assert read_launchpad_config(EXAMPLES / "my_launchpad.yaml")["host"]
+
+
+def test_worker_categories_are_checked_and_reach_every_initial_job():
+    from jobflow import Flow, Maker, job
+
+    with pytest.raises(ValueError, match="unknown key 'refrence'.*reference, segment, update"):
+        otf_maker(categories={"refrence": "cpu"}).make(copper())
+    with pytest.raises(ValueError, match="worker_categories\\['segment'\\]"):
+        otf_maker(categories={"segment": ""}).make(copper())
+
+    @job
+    def step(x):
+        return x
+
+    class FlowReference(Maker):  # a VASP-like reference: a Flow of several jobs
+        name = "two-step reference"
+
+        def make(self, structure):
+            first = step(1)
+            return Flow([first, Flow([step(first.output)])], output=first.output)
+
+    maker = otf_maker(categories=DEFAULT_WORKER_CATEGORIES)
+    maker.reference_maker = FlowReference()
+    reference, prepare, segment = maker.make(copper()).jobs
+    inner = [j for j, _ in reference.iterflow()]
+    assert [j.config.manager_config for j in inner] == [{"_category": "otf_reference"}] * 2
+    assert prepare.config.manager_config == {"_category": "otf_md"}
+    assert segment.config.manager_config == {"_category": "otf_md"}
+    assert segment.config.pass_manager_config is False  # or jobflow would overwrite
+    plain = otf_maker(categories=None).make(copper())
+    assert all(not j.config.manager_config and j.config.pass_manager_config for j in plain)
+
+
+def test_submit_flow_refuses_an_uninitialised_launchpad(mongo_server, database, tmp_path):
+    path = fw_workers.write_launchpad_file(tmp_path / "lp.yaml", mongo_server.host,
+                                           mongo_server.port, f"{database}_fw")
+    with pytest.raises(ValueError, match="not initialised.*lpad .*reset"):
+        submit_flow(otf_maker().make(copper()), load_launchpad(path))
 
 
 KILLS = [("segment", GPU), ("reference", CPU), ("update", GPU)]

@@ -78,6 +78,8 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--update-steps", type=int, default=2000,
                      help="SGHMC steps per update (default: 2000)")
     run.add_argument("--pressure", type=_positive_float, default=1.0, help="bar, for npt")
+    run.add_argument("--workers", type=int, default=None,
+                     help="processes for the SGHMC chains (default: one per CPU; 1: serial)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--store", default=DEFAULT_STORE, help=STORE_HELP)
     run.add_argument("--work-dir", default=None,
@@ -117,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(batch)
     batch.add_argument("--launchpad", default=None,
                        help="FireWorks launchpad file: submit instead of running here")
+    batch.add_argument("--route-workers", action="store_true",
+                       help="FireWorks categories: reference jobs to 'otf_reference', MD "
+                            "segments and updates to 'otf_md' (examples/my_fworker_*.yaml)")
     batch.add_argument("--json", action="store_true", help="status rows as JSON on stdout")
 
     resume = sub.add_parser(
@@ -249,6 +254,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _launchpad(path: str):
+    """The launchpad of ``--launchpad``; FireWorks logs to stdout, which must stay clean
+    for ``--json``, so its log handler is created pointing at stderr."""
+    import contextlib
+
+    from atomate2_otf.fireworks import load_launchpad
+
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            return load_launchpad(path)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+
+
 def _otf_maker(args: argparse.Namespace):
     """The OTFMDMaker of ``run``/``batch``'s options (settings are checked by make())."""
     from atomate2_otf.flows import OTFMDMaker
@@ -263,7 +282,16 @@ def _otf_maker(args: argparse.Namespace):
         temperature=args.temperature, timestep_fs=args.timestep, n_steps=args.steps,
         threshold=args.threshold, confidence=args.confidence, n_chains=args.chains,
         update_steps=args.update_steps, pressure_bar=args.pressure, seed=args.seed,
-        progress=not args.json)
+        n_workers=args.workers, progress=not args.json,
+        worker_categories=_categories(args))
+
+
+def _categories(args: argparse.Namespace) -> dict[str, str] | None:
+    if not getattr(args, "route_workers", False):
+        return None
+    from atomate2_otf.fireworks import DEFAULT_WORKER_CATEGORIES
+
+    return dict(DEFAULT_WORKER_CATEGORIES)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -310,14 +338,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
     maker = BatchOTFMaker(otf_maker=_otf_maker(args))
     sources = _batch_sources(args.sources)
-    launchpad = None
-    if args.launchpad:
-        from atomate2_otf.fireworks import load_launchpad
-
-        try:
-            launchpad = load_launchpad(args.launchpad)
-        except ValueError as err:
-            raise UsageError(str(err)) from err
+    launchpad = _launchpad(args.launchpad) if args.launchpad else None
     store = _open_store(args.store)
     items = maker.items(sources)
     for item in items:
@@ -468,14 +489,7 @@ def _print_status(rows: list[dict[str, Any]], as_json: bool, store_spec: str) ->
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    launchpad = None
-    if args.launchpad:
-        from atomate2_otf.fireworks import load_launchpad
-
-        try:
-            launchpad = load_launchpad(args.launchpad)
-        except ValueError as err:
-            raise UsageError(str(err)) from err
+    launchpad = _launchpad(args.launchpad) if args.launchpad else None
     store = _open_store(args.store, must_exist=True)
     _print_status(status_rows(store, launchpad), args.json, args.store)
     return 0

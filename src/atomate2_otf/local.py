@@ -77,6 +77,8 @@ class Journal:
 
     runs: Store
     run_id: str
+    #: the document as last written by this process (one read per run, not per job)
+    _doc: dict[str, Any] | None = None
 
     def write(self, state: str, queue: Iterable[Job] | None = None, **fields: Any) -> None:
         from monty.json import MontyEncoder
@@ -85,9 +87,12 @@ class Journal:
                                "host": socket.gethostname(), "pid": os.getpid(), **fields}
         if queue is not None:
             doc["queue"] = json.dumps([job.as_dict() for job in queue], cls=MontyEncoder)
-        old = self.runs.query_one({"run_id": self.run_id}) or {}
-        old.pop("_id", None)
-        self.runs.update([{**old, **doc}], key="run_id")
+        if self._doc is None:
+            self._doc = self.runs.query_one({"run_id": self.run_id}) or {}
+            self._doc.pop("_id", None)
+        self._doc = {**self._doc, **doc}
+        # jobflow resets additional stores' keys to "blob_uuid": name the key every time
+        self.runs.update([self._doc], key="run_id")
 
     def read(self) -> dict[str, Any] | None:
         return self.runs.query_one({"run_id": self.run_id})

@@ -18,7 +18,7 @@ from tests.mongo_server import free_port
 ROOT = Path(__file__).resolve().parents[2]
 TOY = "tests.toy_model:ToyModel"
 RUN_OPTIONS = ["--model", TOY, "--reference", "emt", "--steps", "12", "--timestep", "1",
-               "--chains", "2", "--update-steps", "3", "--threshold", "0.05"]
+               "--chains", "2", "--update-steps", "3", "--threshold", "0.05", "--workers", "1"]
 
 
 def cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:

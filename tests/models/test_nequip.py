@@ -1,0 +1,278 @@
+"""NequIP/Allegro adapter (nequip 0.19) on small random-initialised models of the real
+architectures, packaged with nequip's own tools (``nequip-train`` at learning rate 0, then
+``nequip-package``) and loaded through the same code path as a downloaded foundation model.
+"""
+
+from __future__ import annotations
+
+import pickle
+import socket
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk, molecule
+
+pytest.importorskip("nequip")
+
+from atomate2_otf.atoms import record_from_atoms  # noqa: E402
+from atomate2_otf.bnn.data import StructureRecord  # noqa: E402
+from atomate2_otf.models.base import load_model  # noqa: E402
+from atomate2_otf.models.nequip import (  # noqa: E402
+    ModelNotCachedError, NequIPModel, load_nequip, package_random_model)
+from tests.models.conventions import (  # noqa: E402
+    check_batch_equals_single, check_features_trainable, check_forces_are_gradient,
+    check_stress_is_strain_derivative, si_pair)
+
+LOADER = "atomate2_otf.models.nequip:load_nequip"
+
+
+@pytest.fixture(scope="module", params=["tiny", "allegro-tiny"])
+def packaged(request, tmp_path_factory):
+    if request.param.startswith("allegro"):
+        pytest.importorskip("allegro")
+    return package_random_model(tmp_path_factory.mktemp(request.param), request.param)
+
+
+@pytest.fixture(scope="module")
+def model(packaged) -> NequIPModel:
+    return load_nequip(packaged)
+
+
+def calculator(path):
+    from nequip.integrations.ase import NequIPCalculator
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return NequIPCalculator._from_saved_model(str(path),
+                                                  chemical_species_to_atom_type_map=True)
+
+
+def cu_cell(a=3.5, rattle=0.05, seed=1, repeat=(2, 2, 2)):
+    atoms = bulk("Cu", "fcc", a=a) * repeat
+    atoms.rattle(rattle, seed=seed)
+    return atoms
+
+
+def single(model, record, **kwargs):
+    return model.evaluate(model.collate([model.prepare(record)]), **kwargs)
+
+
+def test_load_through_registry_and_spec(model, packaged):
+    loaded = load_model(LOADER, model=str(packaged))
+    assert isinstance(loaded, NequIPModel) and loaded.family == "nequip"
+    assert loaded.spec() == {"name": LOADER, "model": str(packaged)}
+    assert not loaded.module.training
+    assert all(p.requires_grad for p in loaded.parameters())
+    assert len(loaded.pretrained) == sum(p.numel() for p in loaded.parameters())
+    assert loaded.defaults.sigma_tl == 0.2 and loaded.defaults.step_size == 3e-5
+    assert (loaded.defaults.calibration_a, loaded.defaults.calibration_b) == (3.0, 10.0)
+    # nequip's global state (float64 default dtype, reseeding) must not leak out
+    assert torch.get_default_dtype() == torch.float32
+
+
+@pytest.mark.parametrize("make", [lambda: molecule("CH3CH2OH"), cu_cell],
+                         ids=["ethanol", "cu8"])
+def test_matches_nequip_calculator(model, packaged, make):
+    atoms = make()
+    periodic = bool(atoms.pbc.all())
+    out = single(model, record_from_atoms(atoms), compute_stress=periodic)
+    atoms.calc = calculator(packaged)
+    assert out.energy.shape == (1,) and out.n_atoms.tolist() == [len(atoms)]
+    assert out.energy.item() == pytest.approx(atoms.get_potential_energy(), abs=1e-5)
+    np.testing.assert_allclose(out.forces.numpy(), atoms.get_forces(), atol=1e-5)
+    if periodic:
+        reference = atoms.get_stress(voigt=False)
+        assert np.abs(reference).max() > 1e-3
+        np.testing.assert_allclose(out.stress[0].numpy(), reference, atol=1e-6)
+
+
+def test_checkpoint_loads_to_the_same_model(model, packaged):
+    """The training checkpoint (.ckpt) beside the package is the other user format."""
+    from_ckpt = load_nequip(packaged.parent / "last.ckpt")
+    record = record_from_atoms(cu_cell())
+    a, b = single(model, record), single(from_ckpt, record)
+    assert a.energy.item() == pytest.approx(b.energy.item(), abs=1e-5)
+    np.testing.assert_allclose(a.forces.numpy(), b.forces.numpy(), atol=1e-5)
+
+
+def test_forces_are_minus_energy_gradient(model):
+    check_forces_are_gradient(model, si_pair(), atol=1e-3)
+
+
+def test_stress_is_strain_derivative(model):
+    # a compressed Cu cell: the random model's stress is small, so a tighter tolerance
+    check_stress_is_strain_derivative(model, record_from_atoms(
+        cu_cell(a=3.3, rattle=0.02, seed=2, repeat=(2, 1, 1))), atol=1e-5)
+
+
+def test_batch_equals_single(model):
+    check_batch_equals_single(model, [record_from_atoms(molecule("CH3CH2OH")),
+                                      record_from_atoms(cu_cell())])
+
+
+def test_mixed_batch_stress_nan_for_molecule_only(model):
+    records = [record_from_atoms(molecule("CH3CH2OH")), record_from_atoms(cu_cell())]
+    out = model.evaluate(model.collate([model.prepare(r) for r in records]),
+                         compute_stress=True, create_graph=True)
+    assert torch.isnan(out.stress[0]).all() and torch.isfinite(out.stress[1]).all()
+    grads = torch.autograd.grad(out.stress[1].sum(), model.parameters(), allow_unused=True)
+    assert all(torch.isfinite(g).all() for g in grads if g is not None)
+
+
+def test_features_invariant_and_trainable(model):
+    record = record_from_atoms(cu_cell())
+    check_features_trainable(model, record)
+    out = single(model, record)
+    assert out.features.shape == (record.n_atoms, model.feature_dim) and out.features.dtype == torch.float32
+    grads = torch.autograd.grad(out.features.sum(), model.parameters(), allow_unused=True)
+    assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0
+    rotation = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(0),
+                                           dtype=torch.float64))[0].numpy()
+    rotated = StructureRecord(record.numbers, record.positions @ rotation.T,
+                              record.cell @ rotation.T, record.pbc)
+    np.testing.assert_allclose(single(model, rotated).features.detach().numpy(),
+                               out.features.detach().numpy(), atol=1e-5)
+
+
+def test_training_graph_then_inference_unchanged(model):
+    batch = model.collate([model.prepare(record_from_atoms(molecule("CH3CH2OH")))])
+    before = model.evaluate(batch)
+    out = model.evaluate(batch, create_graph=True)
+    assert out.forces.requires_grad
+    grads = torch.autograd.grad(out.forces.pow(2).sum(), model.parameters(), allow_unused=True)
+    assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0
+    after = model.evaluate(batch)
+    assert not after.forces.requires_grad
+    np.testing.assert_allclose(after.forces.numpy(), before.forces.numpy(), atol=1e-7)
+
+
+def test_pickle_round_trip_keeps_live_parameters(model):
+    """ChainPool pickles the model; a packaged module is rebuilt from its file and gets
+    the live (sampled) parameter values."""
+    record = record_from_atoms(molecule("CH3CH2OH"))
+    original = [p.detach().clone() for p in model.parameters()]
+    try:
+        with torch.no_grad():
+            model.parameters()[0].mul_(1.5)
+        clone = pickle.loads(pickle.dumps(model))
+        np.testing.assert_allclose(single(clone, record).forces.numpy(),
+                                   single(model, record).forces.numpy(), atol=1e-7)
+        assert torch.equal(clone.pretrained, model.pretrained)
+    finally:
+        with torch.no_grad():
+            for p, value in zip(model.parameters(), original, strict=True):
+                p.copy_(value)
+
+
+def test_uncovered_element(model):
+    with pytest.raises(ValueError, match=r"Au \(Z=79\)"):
+        model.prepare(record_from_atoms(bulk("Au", "fcc", a=4.08)))
+
+
+def test_named_model_not_cached_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("NEQUIP_CACHE_DIR", str(tmp_path / "cache"))
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a download was attempted")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    for name in ("nequip-oam-l", "nequip.net:mir-group/NequIP-OAM-L:0.1"):
+        with pytest.raises(ModelNotCachedError) as info:
+            load_nequip(name)
+        message = str(info.value)
+        assert str(tmp_path / "cache") in message and "NequIP-OAM-L" in message
+        assert ".nequip.zip" in message
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_nequip(tmp_path / "missing.nequip.zip")
+
+
+def test_named_model_found_in_cache(packaged, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    shutil.copy(packaged, cache / "abc.nequip.zip")
+    (cache / "abc.metadata.json").write_text(json.dumps(
+        {"model_id": "mir-group/NequIP-OAM-L:0.1", "download_url": "x", "file_sha256": "y"}))
+    monkeypatch.setenv("NEQUIP_CACHE_DIR", str(cache))
+    assert load_nequip("nequip-oam-l").path == str(cache / "abc.nequip.zip")
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    from atomate2_otf.store import embedded_job_store
+
+    monkeypatch.chdir(tmp_path)  # atomate2's ASE makers write a file into the working dir
+    job_store = embedded_job_store(tmp_path / "store")
+    job_store.connect()
+    return job_store
+
+
+# -- fine-tuning and the on-the-fly loop (NequIP only: the same code path for Allegro) ----
+@pytest.fixture(scope="module")
+def nequip_package(tmp_path_factory):
+    return package_random_model(tmp_path_factory.mktemp("ft"), "tiny")
+
+
+def finetune_scores(model, n_steps=300, step_size=1e-3):
+    from atomate2_otf.bnn.parallel import ChainPool
+    from atomate2_otf.bnn.posterior import Posterior, PosteriorConfig
+    from atomate2_otf.bnn.sghmc import SGHMCConfig
+    from tests.labelled_data import copper_emt
+
+    frames = copper_emt()
+    train, test = list(frames[0::2]), list(frames[1::2])
+    sg = SGHMCConfig(n_steps=n_steps, burn_in=n_steps // 4, ramp=n_steps // 10, batch_size=2,
+                     step_size=step_size)
+    posterior = Posterior(model, PosteriorConfig(n_chains=2, sghmc=sg, seed=0,
+                                                 energy_sigma=0.1 * 0.0217 * 8 / 9))
+    posterior.add_labels(train)
+    inputs = [r.unlabelled() for r in test]
+    untuned = posterior.predict_untuned(inputs, compute_stress=True)
+    with ChainPool(model, n_workers=2) as pool:
+        posterior.update(pool=pool)
+    tuned = posterior.predict(inputs, compute_stress=True)
+    e_ref = np.array([r.energy for r in test])
+    f_ref = np.concatenate([r.forces for r in test])
+
+    def rmse(x):
+        return float(np.sqrt(np.mean(np.square(x))))
+
+    return {"energy_untuned": rmse(untuned.energy - e_ref),
+            "energy_tuned": rmse(tuned.energy - e_ref),
+            "force_untuned": rmse(untuned.forces - f_ref),
+            "force_tuned": rmse(tuned.forces - f_ref)}
+
+
+@pytest.mark.slow
+def test_finetuning_on_emt_copper_beats_untuned(nequip_package):
+    scores = finetune_scores(load_nequip(nequip_package))
+    print({k: round(v, 4) for k, v in scores.items()})
+    assert scores["force_tuned"] * 2 <= scores["force_untuned"], scores
+    assert scores["energy_tuned"] * 2 <= scores["energy_untuned"], scores
+
+
+@pytest.mark.slow
+def test_short_on_the_fly_run_completes(nequip_package, store):
+    from jobflow import run_locally
+
+    from atomate2_otf.flows import OTFMDMaker
+    from atomate2_otf.jobs import read_run_doc
+    from atomate2_otf.reference.makers import EMTStaticMaker
+    from atomate2_otf.schemas import OTFRunDoc
+
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
+    atoms.rattle(0.02, seed=3)
+    maker = OTFMDMaker(model=LOADER, model_kwargs={"model": str(nequip_package)},
+                       reference_maker=EMTStaticMaker(), n_steps=12, timestep_fs=1.0,
+                       temperature=300.0, n_chains=2, update_steps=3, initial_update_steps=3,
+                       n_workers=1, force_trigger_every=5, trajectory_interval=5,
+                       threshold=0.05)
+    flow = maker.make(atoms)
+    run_locally(flow, store=store, log=False, ensure_success=True, raise_immediately=True)
+    doc = read_run_doc(store, flow.output.uuid)
+    assert isinstance(doc, OTFRunDoc) and doc.completed and doc.n_md_steps == 12
+    assert doc.n_reference_calls >= 1 + 12 // 5

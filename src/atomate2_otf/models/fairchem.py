@@ -313,6 +313,10 @@ class FairChemModel(FoundationModel):
         if energy_task.element_references is not None:
             energy = energy_task.element_references.undo_refs(data, energy)
 
+        # one dtype for all outputs: the element references are float64, and the
+        # likelihood adds energy and force terms in place
+        forces = forces.to(energy.dtype)
+        stress = None if stress is None else stress.to(energy.dtype)
         if not create_graph:
             energy, forces = energy.detach(), forces.detach()
             stress = None if stress is None else stress.detach()

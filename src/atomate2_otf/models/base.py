@@ -149,8 +149,21 @@ _BUILTIN: dict[str, tuple[str, dict[str, Any]]] = {
     "chgnet-0.3.0": ("atomate2_otf.models.chgnet:load_chgnet", {"version": "0.3.0"}),
     "chgnet-0.2.0": ("atomate2_otf.models.chgnet:load_chgnet", {"version": "0.2.0"}),
     "sevenn-0": ("atomate2_otf.models.sevenn:load_sevenn", {"checkpoint": "7net-0"}),
+    # weights from the families' own caches (never downloaded here; a miss names the file)
+    "nequip-oam-l": ("atomate2_otf.models.nequip:load_nequip", {"model": "nequip-oam-l"}),
+    "allegro-oam-l": ("atomate2_otf.models.nequip:load_nequip", {"model": "allegro-oam-l"}),
+    "uma-s-1p1": ("atomate2_otf.models.fairchem:load_fairchem",
+                  {"model": "uma-s-1p1", "task_name": "omat"}),
+    "uma-s-1p2": ("atomate2_otf.models.fairchem:load_fairchem",
+                  {"model": "uma-s-1p2", "task_name": "omat"}),
+    "esen-sm-conserving-all-omol": ("atomate2_otf.models.fairchem:load_fairchem",
+                                    {"model": "esen-sm-conserving-all-omol",
+                                     "task_name": "omol"}),
 }
-_EXTRA_OF_MODULE = {"atomate2_otf.models.sevenn": "sevenn"}
+_EXTRA_OF_MODULE = {"atomate2_otf.models.sevenn": "sevenn",
+                    "atomate2_otf.models.nequip": "nequip",
+                    "atomate2_otf.models.fairchem": "fairchem",
+                    "atomate2_otf.models.mace": "mace"}
 _REGISTRY: dict[str, Callable[..., FoundationModel]] = {}
 
 

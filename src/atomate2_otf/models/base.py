@@ -150,6 +150,9 @@ _BUILTIN: dict[str, tuple[str, dict[str, Any]]] = {
     "chgnet-0.2.0": ("atomate2_otf.models.chgnet:load_chgnet", {"version": "0.2.0"}),
     "sevenn-0": ("atomate2_otf.models.sevenn:load_sevenn", {"checkpoint": "7net-0"}),
     # weights from the families' own caches (never downloaded here; a miss names the file)
+    "mace-mp-0-small": ("atomate2_otf.models.mace:load_mace", {"model": "small"}),
+    "mace-mp-0-medium": ("atomate2_otf.models.mace:load_mace", {"model": "medium"}),
+    "mace-mp-0-large": ("atomate2_otf.models.mace:load_mace", {"model": "large"}),
     "nequip-oam-l": ("atomate2_otf.models.nequip:load_nequip", {"model": "nequip-oam-l"}),
     "allegro-oam-l": ("atomate2_otf.models.nequip:load_nequip", {"model": "allegro-oam-l"}),
     "uma-s-1p1": ("atomate2_otf.models.fairchem:load_fairchem",
@@ -217,6 +220,8 @@ def load_model(name: str, **kwargs: Any) -> FoundationModel:
         raise ImportError(
             f"model {name!r} needs an optional dependency that is not installed ({err}); "
             f"install it with: pip install 'atomate2-otf[{extra}]'"
+            + (" in an environment of its own (mace-torch pins e3nn==0.4.4, which sevenn, "
+               "nequip and fairchem cannot share)" if extra == "mace" else "")
         ) from err
     factory = getattr(module, factory_name, None)
     if factory is None:

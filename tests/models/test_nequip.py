@@ -20,7 +20,7 @@ from atomate2_otf.atoms import record_from_atoms  # noqa: E402
 from atomate2_otf.bnn.data import StructureRecord  # noqa: E402
 from atomate2_otf.models.base import load_model  # noqa: E402
 from atomate2_otf.models.nequip import (  # noqa: E402
-    ModelNotCachedError, NequIPModel, load_nequip, package_random_model)
+    ModelNotCachedError, NequIPModel, _preserved_global_state, load_nequip, package_random_model)
 from tests.models.conventions import (  # noqa: E402
     check_batch_equals_single, check_features_trainable, check_forces_are_gradient,
     check_stress_is_strain_derivative, si_pair)
@@ -43,7 +43,9 @@ def model(packaged) -> NequIPModel:
 def calculator(path):
     from nequip.integrations.ase import NequIPCalculator
 
-    with warnings.catch_warnings():
+    # nequip's calculator sets nequip's global state (float64 default dtype, e3nn code
+    # generation, seeds) for the whole process; later tests (SevenNet) must not inherit it
+    with warnings.catch_warnings(), _preserved_global_state():
         warnings.simplefilter("ignore")
         return NequIPCalculator._from_saved_model(str(path),
                                                   chemical_species_to_atom_type_map=True)

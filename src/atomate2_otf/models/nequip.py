@@ -116,16 +116,23 @@ def _preserved_global_state() -> Iterator[None]:
     """Undo what nequip's ``set_global_state`` does to the whole process.
 
     nequip initialises a global state once (required before a checkpoint can be built):
-    it sets torch's default dtype to float64 and reseeds python, numpy and torch. Other
-    code in this process (noise heads, SGHMC noise) must not see either change.
+    it sets torch's default dtype to float64, e3nn's optimisation defaults, and reseeds
+    python, numpy and torch. Other code in this process (noise heads, SGHMC noise, other
+    e3nn models) must not see any of these changes.
     """
+    import e3nn
+
     dtype = torch.get_default_dtype()
+    e3nn_defaults = dict(e3nn.get_optimization_defaults())
     py_state, np_state, torch_state = random.getstate(), np.random.get_state(), \
         torch.random.get_rng_state()
     try:
         yield
     finally:
         torch.set_default_dtype(dtype)
+        # e3nn's code generation (TorchScript or eager) for every model built later,
+        # SevenNet's included: a scripted SevenNet cannot be pickled to a ChainPool worker
+        e3nn.set_optimization_defaults(**e3nn_defaults)
         random.setstate(py_state)
         np.random.set_state(np_state)
         torch.random.set_rng_state(torch_state)

@@ -178,6 +178,11 @@ def _run_queue(jobs: list[Job], store: JobStore, run_id: str,
             for new in (response.replace, response.detour, response.addition):
                 if new is not None:
                     follow.extend(_jobs_in_order(new))
+            # jobflow's store_inputs (it maps the replaced job's uuid to the replacement's
+            # output) resolves nothing, so it runs first: left for later, as run_locally
+            # leaves it, one per cycle would pile up in the queue and in every journal
+            # write (a thousand cycles made each write a thousand jobs long)
+            follow.sort(key=lambda new_job: not _is_store_inputs(new_job))
             queue.extendleft(reversed(follow))
             if journal is not None:
                 journal.write("running", queue)
@@ -195,6 +200,14 @@ def _run_queue(jobs: list[Job], store: JobStore, run_id: str,
                 if path.is_dir() and not any(path.iterdir()):
                     os.rmdir(path)
     return n_run
+
+
+def _is_store_inputs(job: Job) -> bool:
+    """jobflow's ``store_inputs`` job: it stores its input reference unresolved."""
+    function = getattr(job.function, "__wrapped__", job.function)
+    return getattr(function, "__name__", "") == "store_inputs" and \
+        getattr(function, "__module__", "") == "jobflow.core.job" and \
+        not job.config.resolve_references
 
 
 def _owner_alive(doc: dict[str, Any]) -> bool:

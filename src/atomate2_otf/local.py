@@ -6,7 +6,8 @@ reference calls holds a thousand cycles of jobs in memory (measured: peak RSS 47
 cycles, 672 MB at 1000, growing ~0.1 MB per cycle). This runner executes the same jobs
 with the same ``Job.run`` (so stores, references, names and documents are exactly
 jobflow's) from a work queue: a replacement, detour or addition is queued in front of the
-remaining jobs, as ``run_locally`` would run it next, and a job is dropped once it has run.
+remaining jobs, as ``run_locally`` would run it next (jobflow's ``store_inputs`` job, which
+resolves nothing, first of all), and a job is dropped once it has run.
 It stops at the first failing job, whose exception propagates; everything written before
 stays in the store.
 

@@ -15,3 +15,15 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A fresh embedded JobStore in a temporary folder, which is also the working directory
+    (atomate2's ASE makers write a file there). Shared by the workflow and model tests."""
+    from atomate2_otf.store import embedded_job_store
+
+    monkeypatch.chdir(tmp_path)
+    job_store = embedded_job_store(tmp_path / "store")
+    job_store.connect()
+    return job_store

@@ -170,16 +170,6 @@ def test_named_model_not_cached_is_a_clear_error(tmp_path, monkeypatch):
 
 
 # -- fine-tuning and the on-the-fly loop ------------------------------------------------
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    from atomate2_otf.store import embedded_job_store
-
-    monkeypatch.chdir(tmp_path)  # atomate2's ASE makers write a file into the working dir
-    job_store = embedded_job_store(tmp_path / "store")
-    job_store.connect()
-    return job_store
-
-
 @pytest.mark.slow
 def test_finetuning_on_emt_copper_beats_untuned(uma_file):
     from tests.models.test_nequip import finetune_scores

@@ -203,16 +203,6 @@ def test_named_model_found_in_cache(packaged, tmp_path, monkeypatch):
     assert load_nequip("nequip-oam-l").path == str(cache / "abc.nequip.zip")
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    from atomate2_otf.store import embedded_job_store
-
-    monkeypatch.chdir(tmp_path)  # atomate2's ASE makers write a file into the working dir
-    job_store = embedded_job_store(tmp_path / "store")
-    job_store.connect()
-    return job_store
-
-
 # -- fine-tuning and the on-the-fly loop (NequIP only: the same code path for Allegro) ----
 @pytest.fixture(scope="module")
 def nequip_package(tmp_path_factory):

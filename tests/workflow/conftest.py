@@ -1,4 +1,4 @@
-"""Fixtures of the workflow tests: the toy model under a registry name, a temporary store."""
+"""Fixtures of the workflow tests: the toy model under a registry name."""
 
 import pytest
 
@@ -10,13 +10,3 @@ from tests.toy_model import ToyModel
 def toy_model_registered():
     """``load_model("toy")``: a pair potential covering H, C, O, Cu; milliseconds per step."""
     register_model("toy", ToyModel)
-
-
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    from atomate2_otf.store import embedded_job_store
-
-    monkeypatch.chdir(tmp_path)  # atomate2's ASE makers write a file into the working dir
-    job_store = embedded_job_store(tmp_path / "store")
-    job_store.connect()
-    return job_store

@@ -509,6 +509,9 @@ def main(argv: list[str] | None = None) -> int:
             warnings.filterwarnings("ignore", category=category)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    from atomate2_otf.runtime import keep_freed_memory
+
+    keep_freed_memory()  # the command owns its process (see the function's docstring)
     try:
         return COMMANDS[args.command](args)
     except UsageError as err:

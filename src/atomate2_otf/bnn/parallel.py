@@ -36,8 +36,10 @@ def _worker_main(model_bytes: bytes, threads: int, tasks: Any, results: Any) -> 
     """Worker loop: keep a replica posterior; run updates and predictions of its chains."""
     from atomate2_otf.bnn.posterior import Posterior
     from atomate2_otf.bnn.sghmc import SGHMCConfig
+    from atomate2_otf.runtime import keep_freed_memory
 
     torch.set_num_threads(threads)
+    keep_freed_memory()  # this process is ours: steps reuse their freed tensors
     # Plain pickle bytes, not the model object: multiprocessing would hand every worker
     # the same shared-memory parameters, and loading a chain into them would race.
     model = pickle.loads(model_bytes)

@@ -44,6 +44,7 @@ from atomate2_otf.bnn.parallel import ChainPool
 from atomate2_otf.bnn.posterior import Posterior, PosteriorConfig
 from atomate2_otf.bnn.sghmc import SGHMCConfig
 from atomate2_otf.models.base import FoundationModel, load_model
+from atomate2_otf.runtime import keep_freed_memory
 
 
 def systems(name: str, n: int, seed: int = 0) -> list[StructureRecord]:
@@ -173,7 +174,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc as it is (the package's workers and CLI "
+                             "call keep_freed_memory; see benchmarks/allocator.py)")
     args = parser.parse_args(argv)
+    if not args.default_malloc:
+        keep_freed_memory()
     load_start = os.getloadavg()
     rows = []
     for model_name in args.models:
@@ -200,6 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(),
             "python": sys.version.split()[0], "machine": platform.machine(),
             "cpus": len(os.sched_getaffinity(0)),
+            "keep_freed_memory": not args.default_malloc,
             # other work on the machine distorts the ratios: the 1-minute load average
             "loadavg_start": load_start[0], "loadavg_end": os.getloadavg()[0]}
     Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))

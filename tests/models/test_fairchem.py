@@ -22,7 +22,8 @@ from atomate2_otf.models.fairchem import (  # noqa: E402
     FairChemModel, ModelNotCachedError, load_fairchem, save_random_checkpoint)
 from tests.models.conventions import (  # noqa: E402
     check_batch_equals_single, check_features_trainable, check_forces_are_gradient,
-    check_stress_is_strain_derivative, si_pair)
+    check_short_emt_otf_run, check_stress_is_strain_derivative, emt_copper_finetune_scores,
+    si_pair)
 
 LOADER = "atomate2_otf.models.fairchem:load_fairchem"
 
@@ -172,32 +173,15 @@ def test_named_model_not_cached_is_a_clear_error(tmp_path, monkeypatch):
 # -- fine-tuning and the on-the-fly loop ------------------------------------------------
 @pytest.mark.slow
 def test_finetuning_on_emt_copper_beats_untuned(uma_file):
-    from tests.models.test_nequip import finetune_scores
-
-    scores = finetune_scores(load_fairchem(uma_file, task_name="omat"))
+    scores = emt_copper_finetune_scores(load_fairchem(uma_file, task_name="omat"),
+                                        n_steps=400, step_size=3e-3, sigma_tl=2.0,
+                                        n_workers=2)
     print({k: round(v, 4) for k, v in scores.items()})
     assert scores["force_tuned"] * 2 <= scores["force_untuned"], scores
     assert scores["energy_tuned"] * 2 <= scores["energy_untuned"], scores
 
 
 @pytest.mark.slow
-def test_short_on_the_fly_run_completes(uma_file, store):
-    from jobflow import run_locally
-
-    from atomate2_otf.flows import OTFMDMaker
-    from atomate2_otf.jobs import read_run_doc
-    from atomate2_otf.reference.makers import EMTStaticMaker
-    from atomate2_otf.schemas import OTFRunDoc
-
-    atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
-    atoms.rattle(0.02, seed=3)
-    maker = OTFMDMaker(model=LOADER, model_kwargs={"model": str(uma_file), "task_name": "omat"},
-                       reference_maker=EMTStaticMaker(), n_steps=12, timestep_fs=1.0,
-                       temperature=300.0, n_chains=2, update_steps=3, initial_update_steps=3,
-                       n_workers=1, force_trigger_every=5, trajectory_interval=5,
-                       threshold=0.05)
-    flow = maker.make(atoms)
-    run_locally(flow, store=store, log=False, ensure_success=True, raise_immediately=True)
-    doc = read_run_doc(store, flow.output.uuid)
-    assert isinstance(doc, OTFRunDoc) and doc.completed and doc.n_md_steps == 12
-    assert doc.n_reference_calls >= 1 + 12 // 5
+def test_short_on_the_fly_run_completes(uma_file, store, tmp_path):
+    check_short_emt_otf_run(LOADER, {"model": str(uma_file), "task_name": "omat"}, store,
+                            tmp_path / "jobs")

@@ -31,7 +31,8 @@ from atomate2_otf.models.mace import (  # noqa: E402
     save_mace_state_dict)
 from tests.models.conventions import (  # noqa: E402
     check_batch_equals_single, check_features_trainable, check_forces_are_gradient,
-    check_stress_is_strain_derivative, si_pair)
+    check_short_emt_otf_run, check_stress_is_strain_derivative, emt_copper_finetune_scores,
+    si_pair)
 
 LOADER = "atomate2_otf.models.mace:load_mace"
 #: a few channels, two interactions, MACE-MP's blocks: ~10^4 parameters, ms per structure
@@ -242,58 +243,13 @@ def test_finetuning_on_emt_copper_beats_untuned(checkpoint):
     the step size is 10x MACE's gamma_0; measured: energy 0.20 -> 0.010 eV, forces 0.63 ->
     0.06 eV/A with 2 chains x 150 steps (~6 s).
     """
-    from atomate2_otf.bnn.posterior import Posterior, PosteriorConfig
-    from atomate2_otf.bnn.sghmc import SGHMCConfig
-    from tests.labelled_data import copper_emt
-
-    frames = copper_emt()
-    train, test = list(frames[0::2]), list(frames[1::2])
-    model = load_mace(str(checkpoint))
-    sg = SGHMCConfig(n_steps=150, burn_in=37, ramp=15, batch_size=2, step_size=1e-2)
-    posterior = Posterior(model, PosteriorConfig(n_chains=2, sghmc=sg, seed=0,
-                                                 energy_sigma=0.1 * 0.0217 * 8 / 9))
-    posterior.add_labels(train)
-    unlabelled = [r.unlabelled() for r in test]
-    untuned = posterior.predict_untuned(unlabelled, compute_stress=True)
-    posterior.update()
-    tuned = posterior.predict(unlabelled, compute_stress=True)
-    e_ref = np.array([r.energy for r in test])
-    f_ref = np.concatenate([r.forces for r in test])
-
-    def rmse(x):
-        return float(np.sqrt(np.mean(np.square(x))))
-
-    scores = {"energy": (rmse(untuned.energy - e_ref), rmse(tuned.energy - e_ref)),
-              "forces": (rmse(untuned.forces - f_ref), rmse(tuned.forces - f_ref))}
+    scores = emt_copper_finetune_scores(load_mace(str(checkpoint)), n_steps=150,
+                                        step_size=1e-2)
     print(scores)
-    for before, after in scores.values():
-        assert after * 2 <= before, scores
-    assert tuned.stress is not None and np.isfinite(tuned.stress).all()
+    assert scores["energy_tuned"] * 2 <= scores["energy_untuned"], scores
+    assert scores["force_tuned"] * 2 <= scores["force_untuned"], scores
 
 
-def test_on_the_fly_run_completes(checkpoint, tmp_path, monkeypatch):
+def test_on_the_fly_run_completes(checkpoint, store, tmp_path):
     """A toy on-the-fly run with the MACE checkpoint and EMT as the reference."""
-    from atomate2_otf.flows import OTFMDMaker
-    from atomate2_otf.jobs import read_run_doc
-    from atomate2_otf.local import run_flow_locally
-    from atomate2_otf.reference.makers import EMTStaticMaker
-    from atomate2_otf.schemas import OTFRunDoc
-    from atomate2_otf.store import embedded_job_store
-
-    monkeypatch.chdir(tmp_path)  # atomate2's ASE makers write into the working dir
-    atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
-    atoms.rattle(0.02, seed=3)
-    maker = OTFMDMaker(model=LOADER, model_kwargs={"model": str(checkpoint)},
-                       reference_maker=EMTStaticMaker(), n_steps=12, timestep_fs=1.0,
-                       temperature=300.0, n_chains=2, update_steps=3, initial_update_steps=3,
-                       n_workers=1, force_trigger_every=5, trajectory_interval=4,
-                       threshold=0.05)
-    flow = maker.make(atoms)
-    store = embedded_job_store(tmp_path / "store")
-    store.connect()
-    run_flow_locally(flow, store, root_dir=tmp_path / "jobs")
-    doc = read_run_doc(store, flow.output.uuid)
-    assert isinstance(doc, OTFRunDoc)
-    assert doc.completed and doc.n_md_steps == 12
-    assert doc.n_reference_calls >= 1 + 12 // 5
-    assert np.isfinite(doc.call_errors).all()
+    check_short_emt_otf_run(LOADER, {"model": str(checkpoint)}, store, tmp_path / "jobs")

@@ -23,7 +23,8 @@ from atomate2_otf.models.nequip import (  # noqa: E402
     ModelNotCachedError, NequIPModel, _preserved_global_state, load_nequip, package_random_model)
 from tests.models.conventions import (  # noqa: E402
     check_batch_equals_single, check_features_trainable, check_forces_are_gradient,
-    check_stress_is_strain_derivative, si_pair)
+    check_short_emt_otf_run, check_stress_is_strain_derivative, emt_copper_finetune_scores,
+    si_pair)
 
 LOADER = "atomate2_otf.models.nequip:load_nequip"
 
@@ -209,66 +210,15 @@ def nequip_package(tmp_path_factory):
     return package_random_model(tmp_path_factory.mktemp("ft"), "tiny")
 
 
-def finetune_scores(model, n_steps=400, step_size=3e-3, sigma_tl=2.0):
-    """Scores before/after one update on ten EMT-labelled Cu frames. The models here are
-    random, not pretrained: the prior is widened (sigma_tl) so that the chains may move
-    as far as fitting EMT from a random start needs; what is tested is the adapter's
-    gradient path through a real architecture, not the family defaults."""
-    from atomate2_otf.bnn.parallel import ChainPool
-    from atomate2_otf.bnn.posterior import Posterior, PosteriorConfig
-    from atomate2_otf.bnn.sghmc import SGHMCConfig
-    from tests.labelled_data import copper_emt
-
-    frames = copper_emt()
-    train, test = list(frames[0::2]), list(frames[1::2])
-    sg = SGHMCConfig(n_steps=n_steps, burn_in=n_steps // 4, ramp=n_steps // 10, batch_size=2,
-                     step_size=step_size)
-    posterior = Posterior(model, PosteriorConfig(n_chains=2, sghmc=sg, seed=0, sigma_tl=sigma_tl,
-                                                 energy_sigma=0.1 * 0.0217 * 8 / 9))
-    posterior.add_labels(train)
-    inputs = [r.unlabelled() for r in test]
-    untuned = posterior.predict_untuned(inputs, compute_stress=True)
-    with ChainPool(model, n_workers=2) as pool:
-        posterior.update(pool=pool)
-    tuned = posterior.predict(inputs, compute_stress=True)
-    e_ref = np.array([r.energy for r in test])
-    f_ref = np.concatenate([r.forces for r in test])
-
-    def rmse(x):
-        return float(np.sqrt(np.mean(np.square(x))))
-
-    return {"energy_untuned": rmse(untuned.energy - e_ref),
-            "energy_tuned": rmse(tuned.energy - e_ref),
-            "force_untuned": rmse(untuned.forces - f_ref),
-            "force_tuned": rmse(tuned.forces - f_ref)}
-
-
 @pytest.mark.slow
 def test_finetuning_on_emt_copper_beats_untuned(nequip_package):
-    scores = finetune_scores(load_nequip(nequip_package), step_size=1e-2)
+    scores = emt_copper_finetune_scores(load_nequip(nequip_package), n_steps=400,
+                                        step_size=1e-2, sigma_tl=2.0, n_workers=2)
     print({k: round(v, 4) for k, v in scores.items()})
     assert scores["force_tuned"] * 2 <= scores["force_untuned"], scores
     assert scores["energy_tuned"] * 2 <= scores["energy_untuned"], scores
 
 
 @pytest.mark.slow
-def test_short_on_the_fly_run_completes(nequip_package, store):
-    from jobflow import run_locally
-
-    from atomate2_otf.flows import OTFMDMaker
-    from atomate2_otf.jobs import read_run_doc
-    from atomate2_otf.reference.makers import EMTStaticMaker
-    from atomate2_otf.schemas import OTFRunDoc
-
-    atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
-    atoms.rattle(0.02, seed=3)
-    maker = OTFMDMaker(model=LOADER, model_kwargs={"model": str(nequip_package)},
-                       reference_maker=EMTStaticMaker(), n_steps=12, timestep_fs=1.0,
-                       temperature=300.0, n_chains=2, update_steps=3, initial_update_steps=3,
-                       n_workers=1, force_trigger_every=5, trajectory_interval=5,
-                       threshold=0.05)
-    flow = maker.make(atoms)
-    run_locally(flow, store=store, log=False, ensure_success=True, raise_immediately=True)
-    doc = read_run_doc(store, flow.output.uuid)
-    assert isinstance(doc, OTFRunDoc) and doc.completed and doc.n_md_steps == 12
-    assert doc.n_reference_calls >= 1 + 12 // 5
+def test_short_on_the_fly_run_completes(nequip_package, store, tmp_path):
+    check_short_emt_otf_run(LOADER, {"model": str(nequip_package)}, store, tmp_path / "jobs")

@@ -62,6 +62,20 @@ class ModelOutput:
     n_atoms: torch.Tensor
 
 
+def periodic_stress(virial: torch.Tensor, volume: torch.Tensor,
+                    periodic: torch.Tensor) -> torch.Tensor:
+    """``virial / V`` ([B, 3, 3], eV/A^3) for fully periodic cells, NaN rows elsewhere.
+
+    The NaN is produced behind ``torch.where`` with a safe volume, so that it never reaches
+    a gradient (the likelihood masks those rows; a NaN in the backward would poison every
+    parameter).
+    """
+    periodic = periodic & (volume > 0)
+    safe = torch.where(periodic, volume, torch.ones_like(volume))
+    return torch.where(periodic[:, None, None], virial / safe[:, None, None],
+                       torch.full_like(virial, float("nan")))
+
+
 class FoundationModel(ABC):
     """A pretrained potential wrapped for functional, batched, differentiable use."""
 
@@ -89,15 +103,20 @@ class FoundationModel(ABC):
             self.parameters()).detach().clone()
 
     # -- what subclasses provide -------------------------------------------------------
-    @property
-    @abstractmethod
-    def feature_dim(self) -> int:
-        """Width of the per-atom invariant features returned in ``ModelOutput.features``."""
+    # feature_dim and supported_numbers: either set ``_feature_dim`` and ``_numbers`` in
+    # __init__ (read from a loaded checkpoint) or override the properties.
+    _feature_dim: int
+    _numbers: frozenset[int]
 
     @property
-    @abstractmethod
+    def feature_dim(self) -> int:
+        """Width of the per-atom invariant features returned in ``ModelOutput.features``."""
+        return self._feature_dim
+
+    @property
     def supported_numbers(self) -> frozenset[int]:
         """Atomic numbers the pretrained model was trained on."""
+        return self._numbers
 
     @abstractmethod
     def prepare(self, structure: StructureRecord) -> Any:

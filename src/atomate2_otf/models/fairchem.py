@@ -225,14 +225,6 @@ class FairChemModel(FoundationModel):
     def _capture(self, _module: torch.nn.Module, _inputs: Any, output: Any) -> None:
         self._captured = output["node_embedding"]
 
-    @property
-    def feature_dim(self) -> int:
-        return self._feature_dim
-
-    @property
-    def supported_numbers(self) -> frozenset[int]:
-        return self._numbers
-
     def prepare(self, structure: StructureRecord) -> Any:
         """fairchem's ``AtomicData``, converted as ``FAIRChemCalculator`` converts atoms
         (charge and spin in ``atoms.info``, validated and defaulted by the backbone)."""

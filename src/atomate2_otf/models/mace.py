@@ -63,7 +63,8 @@ import numpy as np
 import torch
 
 from atomate2_otf.bnn.data import StructureRecord
-from atomate2_otf.models.base import FamilyDefaults, FoundationModel, ModelOutput
+from atomate2_otf.models.base import (FamilyDefaults, FoundationModel, ModelOutput,
+                                      periodic_stress)
 
 logger = logging.getLogger(__name__)
 
@@ -198,8 +199,8 @@ class MACEBatch:
 class MACEModel(FoundationModel):
     """MACE with total energies in eV, forces eV/A, stress eV/A^3 (ASE sign).
 
-    Stress rows of structures that are not fully periodic are NaN (undefined there); the
-    NaN is produced behind ``torch.where`` so that it never reaches a gradient.
+    Stress rows of structures that are not fully periodic are NaN (see
+    :func:`~atomate2_otf.models.base.periodic_stress`).
     """
 
     family = "mace"
@@ -321,11 +322,7 @@ class MACEModel(FoundationModel):
             # mace: stress = (1/V) dE/d(symmetric displacement), ASE's sign
             cell = data["cell"].reshape(-1, 3, 3)
             volume = torch.linalg.det(cell).abs()
-            periodic = batch.periodic.to(volume.device) & (volume > 0)
-            safe = torch.where(periodic, volume, torch.ones_like(volume))
-            virial = grads[1]
-            stress = torch.where(periodic[:, None, None], virial / safe[:, None, None],
-                                 torch.full_like(virial, float("nan")))
+            stress = periodic_stress(grads[1], volume, batch.periodic.to(volume.device))
         ptr = data["ptr"]
         n_atoms = (ptr[1:] - ptr[:-1]).long()
         if not create_graph:

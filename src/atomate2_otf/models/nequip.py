@@ -44,7 +44,8 @@ import numpy as np
 import torch
 
 from atomate2_otf.bnn.data import StructureRecord
-from atomate2_otf.models.base import FamilyDefaults, FoundationModel, ModelOutput
+from atomate2_otf.models.base import (FamilyDefaults, FoundationModel, ModelOutput,
+                                      periodic_stress)
 
 logger = logging.getLogger(__name__)
 
@@ -158,8 +159,8 @@ class NequIPModel(FoundationModel):
     eV/A^3 (ASE sign); assumes the model was trained in eV and A, as nequip's foundation
     potentials are (the model file carries no unit).
 
-    Stress rows of structures that are not fully periodic are NaN (undefined there); the
-    NaN is produced behind ``torch.where`` so that it never reaches a gradient.
+    Stress rows of structures that are not fully periodic are NaN (see
+    :func:`~atomate2_otf.models.base.periodic_stress`).
     """
 
     family = "nequip"
@@ -259,14 +260,6 @@ class NequIPModel(FoundationModel):
     def _capture(self, _module: torch.nn.Module, inputs: tuple[Any, ...]) -> None:
         self._captured = inputs[0][self._feature_field]
 
-    @property
-    def feature_dim(self) -> int:
-        return self._feature_dim
-
-    @property
-    def supported_numbers(self) -> frozenset[int]:
-        return self._numbers
-
     def prepare(self, structure: StructureRecord) -> Any:
         """nequip's data dict, built as ``NequIPCalculator`` builds it (type mapping and
         neighbour list transforms of the model), positions and cell in float64 as nequip's
@@ -330,11 +323,8 @@ class NequIPModel(FoundationModel):
         if compute_stress:
             volume = torch.linalg.det(cell).abs()
             # stress only for fully periodic cells (nequip's pbc key: [B, 3])
-            periodic = batch[K.PBC_KEY].reshape(n_graphs, 3).all(-1).to(pos.device) \
-                & (volume > 0)
-            safe = torch.where(periodic, volume, torch.ones_like(volume))
-            stress = torch.where(periodic[:, None, None], virial / safe[:, None, None],
-                                 torch.full_like(virial, float("nan")))
+            stress = periodic_stress(
+                virial, volume, batch[K.PBC_KEY].reshape(n_graphs, 3).all(-1).to(pos.device))
 
         if not create_graph:
             energy, forces = energy.detach(), forces.detach()

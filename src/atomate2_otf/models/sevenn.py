@@ -24,7 +24,8 @@ from typing import Any
 import torch
 
 from atomate2_otf.bnn.data import StructureRecord
-from atomate2_otf.models.base import FamilyDefaults, FoundationModel, ModelOutput
+from atomate2_otf.models.base import (FamilyDefaults, FoundationModel, ModelOutput,
+                                      periodic_stress)
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +38,8 @@ _PERIODIC_KEY = "otf_periodic"
 class SevenNetModel(FoundationModel):
     """SevenNet with energies in eV (total), forces eV/A, stress eV/A^3 (ASE sign).
 
-    Stress rows of structures that are not fully periodic are NaN (undefined there); the
-    NaN is produced behind ``torch.where`` so that it never reaches a gradient.
+    Stress rows of structures that are not fully periodic are NaN (see
+    :func:`~atomate2_otf.models.base.periodic_stress`).
     """
 
     family = "sevenn"
@@ -86,6 +87,7 @@ class SevenNetModel(FoundationModel):
             raise ValueError(f"SevenNet readout input {irreps} has no 0e channels")
         self._feature_dim = sum(sl.stop - sl.start for sl in self._scalar_slices)
         self._all_scalar = self._feature_dim == irreps.dim
+        self._numbers = frozenset(self.type_map)
         self._captured: torch.Tensor | None = None
         readout.register_forward_pre_hook(self._capture)
 
@@ -93,14 +95,6 @@ class SevenNetModel(FoundationModel):
         import sevenn._keys as KEY
 
         self._captured = inputs[0][KEY.NODE_FEATURE]
-
-    @property
-    def feature_dim(self) -> int:
-        return self._feature_dim
-
-    @property
-    def supported_numbers(self) -> frozenset[int]:
-        return frozenset(self.type_map)
 
     def prepare(self, structure: StructureRecord) -> Any:
         """One AtomGraphData, built exactly as ``SevenNetCalculator.calculate`` builds it."""
@@ -161,10 +155,8 @@ class SevenNetModel(FoundationModel):
             virial = virial.index_add(0, edge_graph, fij[:, :, None] * rij[:, None, :])
             virial = 0.5 * (virial + virial.transpose(1, 2))
             volume = out[KEY.CELL_VOLUME].reshape(-1).to(fij.dtype).abs()
-            periodic = out[_PERIODIC_KEY].reshape(-1).to(fij.device) & (volume > 0)
-            safe = torch.where(periodic, volume, torch.ones_like(volume))
-            stress = torch.where(periodic[:, None, None], virial / safe[:, None, None],
-                                 torch.full_like(virial, float("nan")))
+            stress = periodic_stress(virial, volume,
+                                     out[_PERIODIC_KEY].reshape(-1).to(fij.device))
 
         n_atoms = out[KEY.NUM_ATOMS].reshape(-1).long()
         if not create_graph:

@@ -1,13 +1,14 @@
 """Effect of :func:`atomate2_otf.runtime.keep_freed_memory` on a training step and an evaluation.
 
-For each model, fresh processes alternate between glibc's default malloc settings and the
-package's (``keep``), each timing one single-chain SGHMC gradient (batch 5) and one batched
-energy+forces evaluation of the same 5 structures, and recording peak RSS and page faults.
-The ratio keep/default of the medians over the pairs is reported (one run, interleaved, so
-machine noise hits both sides alike).
+For each model, fresh processes take turns with glibc's default malloc settings, the
+package's (``keep``: blocks up to 32 MB reused) and the large-cell opt-in (``large``: 256 MB
+blocks, 1 GB trim, as with MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_), each timing one
+single-chain SGHMC gradient (batch 5) and one batched energy+forces evaluation of the same 5
+structures, and recording peak RSS and page faults. Ratios to ``default`` of the medians
+over the rounds are reported (one run, interleaved, so machine noise hits all alike).
 
 Usage: python benchmarks/allocator.py [--models chgnet sevenn-0] [--system ethanol]
-       [--pairs 3] [--threads 2] [--out benchmarks/allocator.json]
+       [--pairs 3] [--threads 2] [--modes default keep large] [--out benchmarks/allocator.json]
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from atomate2_otf.runtime import MALLOC_ENV
+
 _CHILD = r"""
 import json, resource, sys, time
 import numpy as np, torch
@@ -30,7 +33,9 @@ from atomate2_otf.models.base import load_model
 from atomate2_otf.runtime import keep_freed_memory
 mode, name, system, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 if mode == "keep":
-    keep_freed_memory()
+    assert keep_freed_memory()
+elif mode == "large":
+    assert keep_freed_memory(256 * 2**20, 2**30)
 torch.set_num_threads(threads)
 model = load_model(name)
 data = self_labelled(model, systems(system, 10))
@@ -58,8 +63,9 @@ print(json.dumps({{"step_ms": 1e3 * step, "eval5_ms": 1e3 * evaluation,
 
 def run_child(mode: str, model: str, system: str, threads: int) -> dict:
     code = _CHILD.format(bench=str(Path(__file__).parent))
+    env = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV}
     out = subprocess.run([sys.executable, "-c", code, mode, model, system, str(threads)],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -69,40 +75,45 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--system", default="ethanol")
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--modes", nargs="+", default=["default", "keep", "large"],
+                        choices=["default", "keep", "large"])
     parser.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
     args = parser.parse_args(argv)
+    if "default" not in args.modes:
+        parser.error("--modes must include default (the ratios are relative to it)")
     load_start = os.getloadavg()[0]
     rows = []
     for model in args.models:
-        runs: dict[str, list[dict]] = {"default": [], "keep": []}
+        runs: dict[str, list[dict]] = {mode: [] for mode in args.modes}
         for _ in range(args.pairs):
-            for mode in ("default", "keep"):
+            for mode in args.modes:
                 runs[mode].append(run_child(mode, model, args.system, args.threads))
-        row = {"model": model, "system": args.system, "threads": args.threads,
-               "pairs": args.pairs}
         for mode, results in runs.items():
+            row = {"model": model, "system": args.system, "threads": args.threads,
+                   "rounds": args.pairs, "mode": mode}
             for key in ("step_ms", "eval5_ms", "faults_per_step", "peak_rss_mb"):
-                row[f"{mode}_{key}"] = statistics.median(r[key] for r in results)
-            row[f"{mode}_step_vs_eval"] = row[f"{mode}_step_ms"] / row[f"{mode}_eval5_ms"]
-        row["step_ratio"] = row["keep_step_ms"] / row["default_step_ms"]
-        row["eval_ratio"] = row["keep_eval5_ms"] / row["default_eval5_ms"]
-        rows.append(row)
-        print(f"{model}: step {row['default_step_ms']:.1f} -> {row['keep_step_ms']:.1f} ms "
-              f"({row['step_ratio']:.2f}), eval5 {row['default_eval5_ms']:.1f} -> "
-              f"{row['keep_eval5_ms']:.1f} ms ({row['eval_ratio']:.2f})", flush=True)
-    header = ("model", "system", "step default [ms]", "step keep [ms]", "ratio",
-              "eval5 default [ms]", "eval5 keep [ms]", "ratio", "step/eval5 default",
-              "step/eval5 keep", "faults/step default", "faults/step keep",
-              "peak RSS default [MB]", "peak RSS keep [MB]")
+                row[key] = statistics.median(r[key] for r in results)
+            row["step_vs_eval"] = row["step_ms"] / row["eval5_ms"]
+            rows.append(row)
+        base = next(r for r in rows if r["model"] == model and r["mode"] == "default")
+        for row in rows:
+            if row["model"] == model:
+                row["step_ratio"] = row["step_ms"] / base["step_ms"]
+                row["eval_ratio"] = row["eval5_ms"] / base["eval5_ms"]
+                row["rss_ratio"] = row["peak_rss_mb"] / base["peak_rss_mb"]
+                print(f"{model} {row['mode']:>7}: step {row['step_ms']:.1f} ms "
+                      f"({row['step_ratio']:.2f}), eval5 {row['eval5_ms']:.1f} ms "
+                      f"({row['eval_ratio']:.2f}), peak RSS {row['peak_rss_mb']:.0f} MB "
+                      f"({row['rss_ratio']:.2f})", flush=True)
+    header = ("model", "system", "malloc", "step [ms]", "step ratio", "eval5 [ms]",
+              "eval ratio", "step/eval5", "faults/step", "peak RSS [MB]", "RSS ratio")
     print("\n| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for r in rows:
-        print(f"| {r['model']} | {r['system']} | {r['default_step_ms']:.1f} | "
-              f"{r['keep_step_ms']:.1f} | {r['step_ratio']:.2f} | {r['default_eval5_ms']:.1f} | "
-              f"{r['keep_eval5_ms']:.1f} | {r['eval_ratio']:.2f} | "
-              f"{r['default_step_vs_eval']:.2f} | {r['keep_step_vs_eval']:.2f} | "
-              f"{r['default_faults_per_step']:.0f} | {r['keep_faults_per_step']:.0f} | "
-              f"{r['default_peak_rss_mb']:.0f} | {r['keep_peak_rss_mb']:.0f} |")
+        print(f"| {r['model']} | {r['system']} | {r['mode']} | {r['step_ms']:.1f} | "
+              f"{r['step_ratio']:.2f} | {r['eval5_ms']:.1f} | {r['eval_ratio']:.2f} | "
+              f"{r['step_vs_eval']:.2f} | {r['faults_per_step']:.0f} | "
+              f"{r['peak_rss_mb']:.0f} | {r['rss_ratio']:.2f} |")
     meta = {"cpus": len(os.sched_getaffinity(0)), "loadavg_start": load_start,
             "loadavg_end": os.getloadavg()[0], "python": sys.version.split()[0]}
     Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))

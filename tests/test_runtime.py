@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
 
 import pytest
 
-from atomate2_otf.runtime import keep_freed_memory
+from atomate2_otf.runtime import MALLOC_ENV, keep_freed_memory
 
 # Allocate, zero and free a few 1-7 MB tensors per "step", as a training step does with
 # its intermediates and gradients, and count the page faults after a warm-up: a fresh
@@ -35,8 +36,9 @@ glibc_only = pytest.mark.skipif(
 
 
 def _page_faults(mode: str) -> int:
+    env = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV}
     out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True,
-                         text=True, check=True, timeout=120)
+                         text=True, check=True, timeout=120, env=env)
     return int(out.stdout.strip().splitlines()[-1])
 
 
@@ -49,6 +51,16 @@ def test_freed_blocks_are_reused_instead_of_faulted_in_again():
 
 
 @glibc_only
-def test_keep_freed_memory_reports_success_and_is_idempotent():
+def test_keep_freed_memory_reports_success_and_is_idempotent(monkeypatch):
+    for name in MALLOC_ENV:
+        monkeypatch.delenv(name, raising=False)
     assert keep_freed_memory() is True
     assert keep_freed_memory() is True
+
+
+@glibc_only
+@pytest.mark.parametrize("name", MALLOC_ENV)
+def test_users_malloc_variables_win(monkeypatch, name):
+    """A user who tuned glibc with its own variables keeps their settings."""
+    monkeypatch.setenv(name, str(2**30))
+    assert keep_freed_memory() is False

@@ -36,9 +36,11 @@ def available_cpus() -> int:
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 #: blocks below this size come from the heap, not from fresh mmap'd pages
-KEEP_BLOCKS_BELOW = 256 * 2**20
+KEEP_BLOCKS_BELOW = 32 * 2**20
 #: free memory at the top of the heap is returned to the OS only above this
-TRIM_ABOVE = 1024 * 2**20
+TRIM_ABOVE = 64 * 2**20
+#: glibc's own environment variables; when the user sets either, theirs stand
+MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 
 
 def keep_freed_memory(block_limit: int = KEEP_BLOCKS_BELOW,
@@ -47,16 +49,24 @@ def keep_freed_memory(block_limit: int = KEEP_BLOCKS_BELOW,
 
     Why: a training step (forces, then their gradient) allocates and frees hundreds of
     1-10 MB tensors. glibc serves such blocks by ``mmap`` and unmaps them on free, so every
-    step pays page faults on fresh zero pages: with CHGNet on 5 ethanol frames, zero-filling
-    one [1656, 256] gradient took 0.4-0.7 ms instead of ~0.1 ms, and the whole SGHMC step
-    was 9-16 % slower (benchmarks/chain_cost.py, README). Kept blocks raise the resident
-    memory between steps to its peak, which the step reaches anyway.
+    step pays page faults on fresh zero pages: with CHGNet on 5 ethanol frames, zeroing one
+    [1656, 256] gradient took 0.4-0.7 ms instead of ~0.1 ms and the whole SGHMC step was
+    13-33 % slower (benchmarks/allocator.py). Blocks up to 32 MB are kept, which leaves the
+    peak memory unchanged on small systems. Keeping larger blocks too speeds up big cells
+    further but costs memory (SevenNet-0 on 64-atom Si: step 0.58x, peak RSS +50 % with
+    256 MB / 1 GB), so that is the user's call, made with glibc's own variables
+    ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_``; when either is set this
+    function leaves malloc alone.
 
     It changes the whole process, so the package calls it only in processes it owns (the
     ChainPool workers and the ``atomate2-otf`` command); a FireWorks or jobflow worker may
-    call it once at start. Returns False (doing nothing) where the C library is not glibc.
+    call it once at start. Returns False (doing nothing) where the C library is not glibc or
+    the user's variables are set.
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    if any(name in os.environ for name in MALLOC_ENV):
+        logger.debug("malloc left as set by %s", [n for n in MALLOC_ENV if n in os.environ])
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

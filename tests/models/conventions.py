@@ -85,6 +85,89 @@ def check_features_trainable(model: FoundationModel, record: StructureRecord) ->
     assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0
 
 
+
+def single(model: FoundationModel, record: StructureRecord, **kwargs):
+    return model.evaluate(model.collate([model.prepare(record)]), **kwargs)
+
+
+def check_features_invariant(model: FoundationModel, record: StructureRecord,
+                             atol: float = 1e-5):
+    """After an inference call the features still carry their graph (the noise head trains
+    through them), and a rigid rotation leaves them unchanged. Returns the rotation and
+    both outputs for family-specific checks."""
+    out = single(model, record)
+    assert out.features.shape == (record.n_atoms, model.feature_dim)
+    assert torch.isfinite(out.features).all()
+    grads = torch.autograd.grad(out.features.sum(), model.parameters(), allow_unused=True)
+    assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0
+    rotation = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(0),
+                                           dtype=torch.float64))[0].numpy()
+    rotated = StructureRecord(record.numbers, record.positions @ rotation.T,
+                              record.cell @ rotation.T, record.pbc)
+    turned = single(model, rotated)
+    np.testing.assert_allclose(turned.features.detach().numpy(),
+                               out.features.detach().numpy(), atol=atol)
+    return rotation, out, turned
+
+
+def check_training_graph_then_inference_unchanged(model: FoundationModel,
+                                                  atol: float = 1e-7) -> None:
+    """A training evaluation (create_graph) has parameter gradients through the forces and
+    leaves the module as it was: the next inference call gives the same numbers."""
+    from ase.build import molecule
+
+    from atomate2_otf.atoms import record_from_atoms
+
+    batch = model.collate([model.prepare(record_from_atoms(molecule("CH3CH2OH")))])
+    before = model.evaluate(batch)
+    out = model.evaluate(batch, create_graph=True)
+    assert out.forces.requires_grad
+    grads = torch.autograd.grad(out.forces.pow(2).sum(), model.parameters(), allow_unused=True)
+    assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0
+    after = model.evaluate(batch)
+    assert not model.module.training and not after.forces.requires_grad
+    np.testing.assert_allclose(after.forces.numpy(), before.forces.numpy(), atol=atol)
+    assert abs(after.energy.item() - before.energy.item()) <= max(atol, 1e-6)
+
+
+def check_mixed_batch_stress_nan(model: FoundationModel, periodic: StructureRecord) -> None:
+    """A molecule batched with a crystal: NaN stress for the molecule, the crystal's stress
+    as alone, and the NaN never reaches a parameter gradient."""
+    from ase.build import molecule
+
+    from atomate2_otf.atoms import record_from_atoms
+
+    records = [record_from_atoms(molecule("CH3CH2OH")), periodic]
+    out = model.evaluate(model.collate([model.prepare(r) for r in records]),
+                         compute_stress=True, create_graph=True)
+    assert out.stress.shape == (2, 3, 3)
+    assert torch.isnan(out.stress[0]).all()
+    alone = single(model, periodic, compute_stress=True)
+    np.testing.assert_allclose(out.stress[1].detach().numpy(), alone.stress[0].numpy(),
+                               atol=1e-6)
+    grads = torch.autograd.grad(out.stress[1].sum(), model.parameters(), allow_unused=True)
+    grads = [g for g in grads if g is not None]
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert sum(float(g.abs().sum()) for g in grads) > 0
+
+
+
+def check_pickle_round_trip(model: FoundationModel, atol: float = 1e-6) -> None:
+    """ChainPool sends the model to spawned workers by pickling it: the clone predicts the
+    same forces and features of the same width."""
+    import pickle
+
+    from ase.build import molecule
+
+    from atomate2_otf.atoms import record_from_atoms
+
+    record = record_from_atoms(molecule("CH3CH2OH"))
+    clone = pickle.loads(pickle.dumps(model))
+    np.testing.assert_allclose(single(clone, record).forces.numpy(),
+                               single(model, record).forces.numpy(), atol=atol)
+    assert single(clone, record).features.shape == (record.n_atoms, clone.feature_dim)
+
+
 # -- fine-tuning and the on-the-fly loop, shared by the families' slow tests -------------
 def emt_copper_finetune_scores(model: FoundationModel, *, n_steps: int, step_size: float,
                                sigma_tl: float | None = None, n_chains: int = 2,

@@ -5,7 +5,6 @@ fairchem's released checkpoints and loaded through the same code path as a real 
 
 from __future__ import annotations
 
-import pickle
 import socket
 
 import numpy as np
@@ -16,14 +15,14 @@ from ase.build import bulk, molecule
 pytest.importorskip("fairchem.core")
 
 from atomate2_otf.atoms import record_from_atoms  # noqa: E402
-from atomate2_otf.bnn.data import StructureRecord  # noqa: E402
 from atomate2_otf.models.base import load_model  # noqa: E402
 from atomate2_otf.models.fairchem import (  # noqa: E402
     FairChemModel, ModelNotCachedError, load_fairchem, save_random_checkpoint)
 from tests.models.conventions import (  # noqa: E402
-    check_batch_equals_single, check_features_trainable, check_forces_are_gradient,
-    check_short_emt_otf_run, check_stress_is_strain_derivative, emt_copper_finetune_scores,
-    si_pair)
+    check_batch_equals_single, check_features_invariant, check_features_trainable,
+    check_forces_are_gradient, check_pickle_round_trip, check_short_emt_otf_run,
+    check_stress_is_strain_derivative, check_training_graph_then_inference_unchanged,
+    emt_copper_finetune_scores, si_pair)
 
 LOADER = "atomate2_otf.models.fairchem:load_fairchem"
 
@@ -108,33 +107,15 @@ def test_batch_equals_single(model):
 def test_features_invariant_and_trainable(model):
     record = record_from_atoms(cu_cell())
     check_features_trainable(model, record)
-    out = single(model, record)
-    assert out.features.shape == (record.n_atoms, model.feature_dim)
-    rotation = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(0),
-                                           dtype=torch.float64))[0].numpy()
-    rotated = StructureRecord(record.numbers, record.positions @ rotation.T,
-                              record.cell @ rotation.T, record.pbc)
-    np.testing.assert_allclose(single(model, rotated).features.detach().numpy(),
-                               out.features.detach().numpy(), atol=1e-4)
+    check_features_invariant(model, record, atol=1e-4)
 
 
 def test_training_graph_then_inference_unchanged(model):
-    batch = model.collate([model.prepare(record_from_atoms(molecule("CH3CH2OH")))])
-    before = model.evaluate(batch)
-    out = model.evaluate(batch, create_graph=True)
-    grads = torch.autograd.grad(out.forces.pow(2).sum(), model.parameters(), allow_unused=True)
-    assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0
-    after = model.evaluate(batch)
-    assert not model.module.training and not after.forces.requires_grad
-    np.testing.assert_allclose(after.forces.numpy(), before.forces.numpy(), atol=1e-7)
+    check_training_graph_then_inference_unchanged(model)
 
 
 def test_pickle_round_trip(model):
-    record = record_from_atoms(molecule("CH3CH2OH"))
-    clone = pickle.loads(pickle.dumps(model))
-    np.testing.assert_allclose(single(clone, record).forces.numpy(),
-                               single(model, record).forces.numpy(), atol=1e-6)
-    assert single(clone, record).features.shape == (9, clone.feature_dim)
+    check_pickle_round_trip(model, atol=1e-6)
 
 
 def test_direct_force_model(direct_file):

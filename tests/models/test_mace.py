@@ -11,7 +11,6 @@ main environment) and are skipped elsewhere.
 
 from __future__ import annotations
 
-import pickle
 import urllib.request
 from pathlib import Path
 
@@ -24,15 +23,15 @@ pytest.importorskip("mace", reason="mace-torch is not installed (it has its own 
                     "e3nn 0.4.4 conflicts with sevenn's e3nn)")
 
 from atomate2_otf.atoms import record_from_atoms  # noqa: E402
-from atomate2_otf.bnn.data import StructureRecord  # noqa: E402
 from atomate2_otf.models.base import load_model  # noqa: E402
 from atomate2_otf.models.mace import (  # noqa: E402
     MACECheckpointNotFound, MACEModel, build_scale_shift_mace, load_mace, mace_mp_cache_path,
     save_mace_state_dict)
 from tests.models.conventions import (  # noqa: E402
-    check_batch_equals_single, check_features_trainable, check_forces_are_gradient,
-    check_short_emt_otf_run, check_stress_is_strain_derivative, emt_copper_finetune_scores,
-    si_pair)
+    check_batch_equals_single, check_features_invariant, check_features_trainable,
+    check_forces_are_gradient, check_mixed_batch_stress_nan, check_pickle_round_trip,
+    check_short_emt_otf_run, check_stress_is_strain_derivative,
+    check_training_graph_then_inference_unchanged, emt_copper_finetune_scores, si_pair)
 
 LOADER = "atomate2_otf.models.mace:load_mace"
 #: a few channels, two interactions, MACE-MP's blocks: ~10^4 parameters, ms per structure
@@ -145,46 +144,17 @@ def test_batch_equals_single(model):
 
 
 def test_mixed_batch_stress_nan_for_molecule_only(model):
-    records = [record_from_atoms(molecule("CH3CH2OH")), record_from_atoms(cu_cell())]
-    out = model.evaluate(model.collate([model.prepare(r) for r in records]),
-                         compute_stress=True, create_graph=True)
-    assert out.stress.shape == (2, 3, 3)
-    assert torch.isnan(out.stress[0]).all()
-    alone = single(model, records[1], compute_stress=True)
-    np.testing.assert_allclose(out.stress[1].detach().numpy(), alone.stress[0].numpy(),
-                               atol=1e-6)
-    grads = torch.autograd.grad(out.stress[1].sum(), model.parameters(), allow_unused=True)
-    grads = [g for g in grads if g is not None]
-    assert all(torch.isfinite(g).all() for g in grads)
-    assert sum(float(g.abs().sum()) for g in grads) > 0
+    check_mixed_batch_stress_nan(model, record_from_atoms(cu_cell()))
 
 
 def test_training_graph_then_inference_unchanged(model):
-    batch = model.collate([model.prepare(record_from_atoms(molecule("CH3CH2OH")))])
-    before = model.evaluate(batch)
-    out = model.evaluate(batch, create_graph=True)
-    assert out.forces.requires_grad
-    grads = torch.autograd.grad(out.forces.pow(2).sum(), model.parameters(), allow_unused=True)
-    assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0
-    after = model.evaluate(batch)
-    assert not model.module.training and not after.forces.requires_grad
-    np.testing.assert_array_equal(after.forces.numpy(), before.forces.numpy())
-    assert after.energy.item() == before.energy.item()
+    check_training_graph_then_inference_unchanged(model, atol=0.0)
 
 
 def test_features_invariant_and_trainable(model):
     record = record_from_atoms(cu_cell())
     check_features_trainable(model, record)
-    out = single(model, record)  # inference must not free the features' graph
-    grads = torch.autograd.grad(out.features.sum(), model.parameters(), allow_unused=True)
-    assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0
-    rotation = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(0),
-                                           dtype=torch.float64))[0].numpy()
-    rotated = StructureRecord(record.numbers, record.positions @ rotation.T,
-                              record.cell @ rotation.T, record.pbc)
-    turned = single(model, rotated)
-    np.testing.assert_allclose(turned.features.detach().numpy(),
-                               out.features.detach().numpy(), atol=1e-5)
+    rotation, out, turned = check_features_invariant(model, record, atol=1e-5)
     # and the forces rotate with the structure
     np.testing.assert_allclose(turned.forces.numpy(), out.forces.numpy() @ rotation.T,
                                atol=1e-5)
@@ -196,11 +166,7 @@ def test_uncovered_element(model):
 
 
 def test_pickle_round_trip(model):
-    """ChainPool sends the model to spawned workers by pickling it."""
-    record = record_from_atoms(molecule("CH3CH2OH"))
-    clone = pickle.loads(pickle.dumps(model))
-    np.testing.assert_array_equal(single(clone, record).forces.numpy(),
-                                  single(model, record).forces.numpy())
+    check_pickle_round_trip(model, atol=0.0)
 
 
 def test_missing_mace_mp_file_names_file_and_folder(tmp_path, monkeypatch, checkpoint):

@@ -17,14 +17,14 @@ from ase.build import bulk, molecule
 pytest.importorskip("nequip")
 
 from atomate2_otf.atoms import record_from_atoms  # noqa: E402
-from atomate2_otf.bnn.data import StructureRecord  # noqa: E402
 from atomate2_otf.models.base import load_model  # noqa: E402
 from atomate2_otf.models.nequip import (  # noqa: E402
     ModelNotCachedError, NequIPModel, _preserved_global_state, load_nequip, package_random_model)
 from tests.models.conventions import (  # noqa: E402
-    check_batch_equals_single, check_features_trainable, check_forces_are_gradient,
-    check_short_emt_otf_run, check_stress_is_strain_derivative, emt_copper_finetune_scores,
-    si_pair)
+    check_batch_equals_single, check_features_invariant, check_features_trainable,
+    check_forces_are_gradient, check_mixed_batch_stress_nan, check_short_emt_otf_run,
+    check_stress_is_strain_derivative, check_training_graph_then_inference_unchanged,
+    emt_copper_finetune_scores, si_pair)
 
 LOADER = "atomate2_otf.models.nequip:load_nequip"
 
@@ -116,39 +116,18 @@ def test_batch_equals_single(model):
 
 
 def test_mixed_batch_stress_nan_for_molecule_only(model):
-    records = [record_from_atoms(molecule("CH3CH2OH")), record_from_atoms(cu_cell())]
-    out = model.evaluate(model.collate([model.prepare(r) for r in records]),
-                         compute_stress=True, create_graph=True)
-    assert torch.isnan(out.stress[0]).all() and torch.isfinite(out.stress[1]).all()
-    grads = torch.autograd.grad(out.stress[1].sum(), model.parameters(), allow_unused=True)
-    assert all(torch.isfinite(g).all() for g in grads if g is not None)
+    check_mixed_batch_stress_nan(model, record_from_atoms(cu_cell()))
 
 
 def test_features_invariant_and_trainable(model):
     record = record_from_atoms(cu_cell())
     check_features_trainable(model, record)
-    out = single(model, record)
-    assert out.features.shape == (record.n_atoms, model.feature_dim) and out.features.dtype == torch.float32
-    grads = torch.autograd.grad(out.features.sum(), model.parameters(), allow_unused=True)
-    assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0
-    rotation = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(0),
-                                           dtype=torch.float64))[0].numpy()
-    rotated = StructureRecord(record.numbers, record.positions @ rotation.T,
-                              record.cell @ rotation.T, record.pbc)
-    np.testing.assert_allclose(single(model, rotated).features.detach().numpy(),
-                               out.features.detach().numpy(), atol=1e-5)
+    _, out, _ = check_features_invariant(model, record, atol=1e-5)
+    assert out.features.dtype == torch.float32
 
 
 def test_training_graph_then_inference_unchanged(model):
-    batch = model.collate([model.prepare(record_from_atoms(molecule("CH3CH2OH")))])
-    before = model.evaluate(batch)
-    out = model.evaluate(batch, create_graph=True)
-    assert out.forces.requires_grad
-    grads = torch.autograd.grad(out.forces.pow(2).sum(), model.parameters(), allow_unused=True)
-    assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0
-    after = model.evaluate(batch)
-    assert not after.forces.requires_grad
-    np.testing.assert_allclose(after.forces.numpy(), before.forces.numpy(), atol=1e-7)
+    check_training_graph_then_inference_unchanged(model)
 
 
 def test_pickle_round_trip_keeps_live_parameters(model):

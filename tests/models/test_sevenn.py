@@ -6,18 +6,18 @@ import pickle
 
 import numpy as np
 import pytest
-import torch
 from ase.build import bulk, molecule
 
 pytest.importorskip("sevenn")
 
 from atomate2_otf.atoms import record_from_atoms  # noqa: E402
-from atomate2_otf.bnn.data import StructureRecord  # noqa: E402
 from atomate2_otf.models.base import load_model  # noqa: E402
 from atomate2_otf.models.sevenn import SevenNetModel  # noqa: E402
 from tests.models.conventions import (  # noqa: E402
-    check_batch_equals_single, check_features_trainable, check_forces_are_gradient,
-    check_stress_is_strain_derivative, si_pair)
+    check_batch_equals_single, check_features_invariant, check_features_trainable,
+    check_forces_are_gradient, check_mixed_batch_stress_nan, check_pickle_round_trip,
+    check_stress_is_strain_derivative, check_training_graph_then_inference_unchanged,
+    si_pair)
 
 
 @pytest.fixture(scope="module")
@@ -105,60 +105,18 @@ def test_batch_equals_single(model):
 
 
 def test_mixed_batch_stress_nan_for_molecule_only(model):
-    cu = bulk("Cu", "fcc", a=3.5) * (2, 2, 2)
-    records = [record_from_atoms(molecule("CH3CH2OH")), record_from_atoms(cu)]
-    out = model.evaluate(model.collate([model.prepare(r) for r in records]),
-                         compute_stress=True, create_graph=True)
-    assert out.stress.shape == (2, 3, 3)
-    assert torch.isnan(out.stress[0]).all()
-    alone = single(model, records[1], compute_stress=True)
-    np.testing.assert_allclose(out.stress[1].detach().numpy(), alone.stress[0].numpy(),
-                               atol=1e-6)
-    # the molecule's NaN must not leak into gradients of the periodic rows
-    grads = torch.autograd.grad(out.stress[1].sum(), model.parameters(), allow_unused=True)
-    grads = [g for g in grads if g is not None]
-    assert all(torch.isfinite(g).all() for g in grads)
-    assert sum(float(g.abs().sum()) for g in grads) > 0
+    check_mixed_batch_stress_nan(model, record_from_atoms(bulk("Cu", "fcc", a=3.5) * (2, 2, 2)))
 
 
 def test_training_graph_then_inference_unchanged(model):
-    record = record_from_atoms(molecule("CH3CH2OH"))
-    batch = model.collate([model.prepare(record)])
-    before = model.evaluate(batch)
-    out = model.evaluate(batch, create_graph=True)
-    assert out.forces.requires_grad
-    for p in model.parameters():
-        p.grad = None
-    out.forces.pow(2).sum().backward()
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    try:
-        assert grads and sum(float(g.abs().sum()) for g in grads) > 0
-    finally:
-        for p in model.parameters():
-            p.grad = None
-    after = model.evaluate(batch)
-    assert not model.module.training
-    assert not after.forces.requires_grad
-    np.testing.assert_allclose(after.forces.numpy(), before.forces.numpy(), atol=1e-6)
-    assert after.energy.item() == pytest.approx(before.energy.item(), abs=1e-6)
+    check_training_graph_then_inference_unchanged(model, atol=1e-6)
 
 
 def test_features_invariant_and_trainable(model):
     record = record_from_atoms(si64())
     check_features_trainable(model, record)
-    # also after an inference call: the features' graph must not have been freed
-    out = single(model, record)
-    assert out.features.shape == (64, model.feature_dim) and model.feature_dim == 128
-    assert torch.isfinite(out.features).all()
-    grads = torch.autograd.grad(out.features.sum(), model.parameters(), allow_unused=True)
-    assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0
-    # invariant: a rigid rotation leaves the features unchanged
-    rotation = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(0),
-                                           dtype=torch.float64))[0].numpy()
-    rotated = StructureRecord(record.numbers, record.positions @ rotation.T,
-                              record.cell @ rotation.T, record.pbc)
-    np.testing.assert_allclose(single(model, rotated).features.detach().numpy(),
-                               out.features.detach().numpy(), atol=1e-4)
+    check_features_invariant(model, record, atol=1e-4)
+    assert model.feature_dim == 128
 
 
 def test_uncovered_element(model):
@@ -173,9 +131,4 @@ def test_uncovered_element(model):
 
 
 def test_pickle_round_trip(model):
-    """ChainPool sends the model to spawned workers by pickling it."""
-    record = record_from_atoms(molecule("CH3CH2OH"))
-    clone = pickle.loads(pickle.dumps(model))
-    np.testing.assert_allclose(single(clone, record).forces.numpy(),
-                               single(model, record).forces.numpy(), atol=1e-6)
-    assert single(clone, record).features.shape == (9, clone.feature_dim)
+    check_pickle_round_trip(model, atol=1e-6)

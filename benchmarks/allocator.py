@@ -1,7 +1,7 @@
 """Effect of :func:`atomate2_otf.runtime.keep_freed_memory` on a training step and an evaluation.
 
 For each model, fresh processes take turns with glibc's default malloc settings, the
-package's (``keep``: blocks up to 32 MB reused) and the large-cell opt-in (``large``: 256 MB
+package's (``keep``: blocks up to 32 MB from the heap, 1 GB kept) and the large-cell opt-in (``large``: 256 MB
 blocks, 1 GB trim, as with MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_), each timing one
 single-chain SGHMC gradient (batch 5) and one batched energy+forces evaluation of the same 5
 structures, and recording peak RSS and page faults. Ratios to ``default`` of the medians

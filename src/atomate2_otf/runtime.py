@@ -38,7 +38,7 @@ _M_MMAP_THRESHOLD = -3
 #: blocks below this size come from the heap, not from fresh mmap'd pages
 KEEP_BLOCKS_BELOW = 32 * 2**20
 #: free memory at the top of the heap is returned to the OS only above this
-TRIM_ABOVE = 64 * 2**20
+TRIM_ABOVE = 1024 * 2**20
 #: glibc's own environment variables; when the user sets either, theirs stand
 MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 
@@ -50,13 +50,13 @@ def keep_freed_memory(block_limit: int = KEEP_BLOCKS_BELOW,
     Why: a training step (forces, then their gradient) allocates and frees hundreds of
     1-10 MB tensors. glibc serves such blocks by ``mmap`` and unmaps them on free, so every
     step pays page faults on fresh zero pages: with CHGNet on 5 ethanol frames, zeroing one
-    [1656, 256] gradient took 0.4-0.7 ms instead of ~0.1 ms and the whole SGHMC step was
-    13-33 % slower (benchmarks/allocator.py). Blocks up to 32 MB are kept, which leaves the
-    peak memory unchanged on small systems. Keeping larger blocks too speeds up big cells
-    further but costs memory (SevenNet-0 on 64-atom Si: step 0.58x, peak RSS +50 % with
-    256 MB / 1 GB), so that is the user's call, made with glibc's own variables
-    ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_``; when either is set this
-    function leaves malloc alone.
+    [1656, 256] gradient took 0.4-0.7 ms instead of ~0.1 ms (benchmarks/allocator.py has
+    the step times). Blocks up to 32 MB come from the heap and the heap keeps up to 1 GB of
+    freed memory, which leaves the peak memory unchanged (CHGNet ethanol, SevenNet-0 64-atom
+    Si). Serving larger blocks from the heap too is faster on big cells but raised the peak
+    RSS of SevenNet-0 on 64-atom Si by ~50 % (256 MB blocks), so that is the user's call,
+    made with glibc's own variables ``MALLOC_MMAP_THRESHOLD_`` and
+    ``MALLOC_TRIM_THRESHOLD_``; when either is set this function leaves malloc alone.
 
     It changes the whole process, so the package calls it only in processes it owns (the
     ChainPool workers and the ``atomate2-otf`` command); a FireWorks or jobflow worker may

@@ -1,10 +1,12 @@
 """Effect of :func:`atomate2_otf.runtime.keep_freed_memory` on a training step and an evaluation.
 
 For each model, fresh processes take turns with glibc's default malloc settings, the
-package's (``keep``: blocks up to 32 MB from the heap, 1 GB kept) and the large-cell opt-in (``large``: 256 MB
-blocks, 1 GB trim, as with MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_), each timing one
+package's (``keep``: blocks up to 32 MB from the heap, 1 GB kept) and the large-cell opt-in
+(``large``: 256 MB blocks, 1 GB trim, as with MALLOC_MMAP_THRESHOLD_ and
+MALLOC_TRIM_THRESHOLD_), each timing one
 single-chain SGHMC gradient (batch 5) and one batched energy+forces evaluation of the same 5
-structures, and recording peak RSS and page faults. Ratios to ``default`` of the medians
+structures (wall and CPU time: CPU time is less disturbed by other tenants of a shared
+machine), and recording peak RSS and page faults. Ratios to ``default`` of the medians
 over the rounds are reported (one run, interleaved, so machine noise hits all alike).
 
 Usage: python benchmarks/allocator.py [--models chgnet sevenn-0] [--system ethanol]
@@ -44,18 +46,22 @@ posterior.add_labels(data)
 theta, idx, w = posterior.state.theta[0], np.arange(5), np.ones(5)
 batch5 = model.collate([model.prepare(r) for r in data[:5]])
 periodic = data[0].periodic
+def cpu():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 def timed(fn, n):
     for _ in range(3):
         fn()
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), cpu()
     for _ in range(n):
         fn()
-    return (time.perf_counter() - start) / n
+    return (time.perf_counter() - start) / n, (cpu() - start_cpu) / n
 faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-step = timed(lambda: posterior._chain_gradient(theta, idx, w), 20)
+step, step_cpu = timed(lambda: posterior._chain_gradient(theta, idx, w), 20)
 faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / 23
-evaluation = timed(lambda: model.evaluate(batch5, compute_stress=periodic), 40)
+evaluation, evaluation_cpu = timed(lambda: model.evaluate(batch5, compute_stress=periodic), 40)
 print(json.dumps({{"step_ms": 1e3 * step, "eval5_ms": 1e3 * evaluation,
+                  "step_cpu_ms": 1e3 * step_cpu, "eval5_cpu_ms": 1e3 * evaluation_cpu,
                   "faults_per_step": faults,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
 """
@@ -91,7 +97,8 @@ def main(argv: list[str] | None = None) -> None:
         for mode, results in runs.items():
             row = {"model": model, "system": args.system, "threads": args.threads,
                    "rounds": args.pairs, "mode": mode}
-            for key in ("step_ms", "eval5_ms", "faults_per_step", "peak_rss_mb"):
+            for key in ("step_ms", "eval5_ms", "step_cpu_ms", "eval5_cpu_ms",
+                        "faults_per_step", "peak_rss_mb"):
                 row[key] = statistics.median(r[key] for r in results)
             row["step_vs_eval"] = row["step_ms"] / row["eval5_ms"]
             rows.append(row)
@@ -99,19 +106,22 @@ def main(argv: list[str] | None = None) -> None:
         for row in rows:
             if row["model"] == model:
                 row["step_ratio"] = row["step_ms"] / base["step_ms"]
+                row["step_cpu_ratio"] = row["step_cpu_ms"] / base["step_cpu_ms"]
                 row["eval_ratio"] = row["eval5_ms"] / base["eval5_ms"]
                 row["rss_ratio"] = row["peak_rss_mb"] / base["peak_rss_mb"]
                 print(f"{model} {row['mode']:>7}: step {row['step_ms']:.1f} ms "
                       f"({row['step_ratio']:.2f}), eval5 {row['eval5_ms']:.1f} ms "
                       f"({row['eval_ratio']:.2f}), peak RSS {row['peak_rss_mb']:.0f} MB "
                       f"({row['rss_ratio']:.2f})", flush=True)
-    header = ("model", "system", "malloc", "step [ms]", "step ratio", "eval5 [ms]",
+    header = ("model", "system", "malloc", "step [ms]", "step ratio", "step CPU [ms]",
+              "CPU ratio", "eval5 [ms]",
               "eval ratio", "step/eval5", "faults/step", "peak RSS [MB]", "RSS ratio")
     print("\n| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for r in rows:
         print(f"| {r['model']} | {r['system']} | {r['mode']} | {r['step_ms']:.1f} | "
-              f"{r['step_ratio']:.2f} | {r['eval5_ms']:.1f} | {r['eval_ratio']:.2f} | "
+              f"{r['step_ratio']:.2f} | {r['step_cpu_ms']:.1f} | {r['step_cpu_ratio']:.2f} | "
+              f"{r['eval5_ms']:.1f} | {r['eval_ratio']:.2f} | "
               f"{r['step_vs_eval']:.2f} | {r['faults_per_step']:.0f} | "
               f"{r['peak_rss_mb']:.0f} | {r['rss_ratio']:.2f} |")
     meta = {"cpus": len(os.sched_getaffinity(0)), "loadavg_start": load_start,

@@ -25,6 +25,9 @@ from pathlib import Path
 
 from atomate2_otf.runtime import MALLOC_ENV
 
+sys.path.insert(0, str(Path(__file__).parent))
+from report import print_markdown_table, write_report  # noqa: E402
+
 _CHILD = r"""
 import json, resource, sys, time
 import numpy as np, torch
@@ -116,18 +119,14 @@ def main(argv: list[str] | None = None) -> None:
     header = ("model", "system", "malloc", "step [ms]", "step ratio", "step CPU [ms]",
               "CPU ratio", "eval5 [ms]",
               "eval ratio", "step/eval5", "faults/step", "peak RSS [MB]", "RSS ratio")
-    print("\n| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for r in rows:
-        print(f"| {r['model']} | {r['system']} | {r['mode']} | {r['step_ms']:.1f} | "
-              f"{r['step_ratio']:.2f} | {r['step_cpu_ms']:.1f} | {r['step_cpu_ratio']:.2f} | "
-              f"{r['eval5_ms']:.1f} | {r['eval_ratio']:.2f} | "
-              f"{r['step_vs_eval']:.2f} | {r['faults_per_step']:.0f} | "
-              f"{r['peak_rss_mb']:.0f} | {r['rss_ratio']:.2f} |")
+    print_markdown_table(header, ([
+        r["model"], r["system"], r["mode"], f"{r['step_ms']:.1f}", f"{r['step_ratio']:.2f}",
+        f"{r['step_cpu_ms']:.1f}", f"{r['step_cpu_ratio']:.2f}", f"{r['eval5_ms']:.1f}",
+        f"{r['eval_ratio']:.2f}", f"{r['step_vs_eval']:.2f}", f"{r['faults_per_step']:.0f}",
+        f"{r['peak_rss_mb']:.0f}", f"{r['rss_ratio']:.2f}"] for r in rows))
     meta = {"cpus": len(os.sched_getaffinity(0)), "loadavg_start": load_start,
             "loadavg_end": os.getloadavg()[0], "python": sys.version.split()[0]}
-    Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    print(f"\nwrote {args.out}")
+    write_report(args.out, meta, rows)
 
 
 if __name__ == "__main__":

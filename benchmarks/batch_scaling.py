@@ -18,7 +18,6 @@ Usage: python benchmarks/batch_scaling.py [--models chgnet sevenn-0] [--system e
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -30,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from chain_cost import self_labelled, systems  # noqa: E402
+from report import print_markdown_table, write_report  # noqa: E402
 
 from atomate2_otf.bnn.posterior import Posterior, PosteriorConfig  # noqa: E402
 from atomate2_otf.models.base import load_model  # noqa: E402
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
     args = parser.parse_args(argv)
-    keep_freed_memory()
+    kept = keep_freed_memory()
     all_threads = torch.get_num_threads()
     load_start = os.getloadavg()[0]
     rows = []
@@ -80,17 +80,13 @@ def main(argv: list[str] | None = None) -> None:
     sizes = args.sizes
     header = ("model", "system", "threads", *(f"batch {s} [ms]" for s in sizes),
               f"t({sizes[-1]}) / t({sizes[0]})", "batch ratio")
-    print("\n| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for r in rows:
-        print(f"| {r['model']} | {r['system']} | {r['threads']} | "
-              + " | ".join(f"{r['step_ms'][str(s)]:.1f}" for s in sizes)
-              + f" | {r['scale_largest_over_smallest']:.2f} | {r['size_ratio']:.0f} |")
+    print_markdown_table(header, ([
+        r["model"], r["system"], r["threads"], *(f"{r['step_ms'][str(s)]:.1f}" for s in sizes),
+        f"{r['scale_largest_over_smallest']:.2f}", f"{r['size_ratio']:.0f}"] for r in rows))
     meta = {"cpus": len(os.sched_getaffinity(0)), "torch": torch.__version__,
             "loadavg_start": load_start, "loadavg_end": os.getloadavg()[0],
-            "keep_freed_memory": True}
-    Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    print(f"\nwrote {args.out}")
+            "keep_freed_memory": kept}
+    write_report(args.out, meta, rows)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ Labels for the cost runs are the untuned model's own predictions (labels do not 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -45,6 +44,9 @@ from atomate2_otf.bnn.posterior import Posterior, PosteriorConfig
 from atomate2_otf.bnn.sghmc import SGHMCConfig
 from atomate2_otf.models.base import FoundationModel, load_model
 from atomate2_otf.runtime import keep_freed_memory
+
+sys.path.insert(0, str(Path(__file__).parent))
+from report import print_markdown_table, write_report  # noqa: E402
 
 
 def systems(name: str, n: int, seed: int = 0) -> list[StructureRecord]:
@@ -194,23 +196,19 @@ def main(argv: list[str] | None = None) -> None:
                   f"  update {r['update_minutes']:.1f} min", flush=True)
     header = ("model", "system", "atoms", "mode", "step 1 [ms]", "step M [ms]", "step ratio",
               "step floor", "eval ratio", "eval floor", "step5/eval5", "update [min]", "update overhead [s]", "peak RSS [MB]", "workers RSS [MB]")
-    print("\n| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for r in rows:
-        print(f"| {r['model']} | {r['system']} | {r['n_atoms']} | {r['mode']} | "
-              f"{r['step_single_ms']:.1f} | {r['step_chains_ms']:.1f} | {r['step_ratio']:.2f} | "
-              f"{r['step_floor']:.2f} | {r['eval_ratio']:.2f} | {r['eval_floor']:.2f} | "
-              f"{r['step_vs_eval']:.2f} | {r['update_minutes']:.1f} | "
-              f"{r['update_overhead_s']:.1f} | {r['peak_rss_mb']:.0f} | "
-              f"{r['peak_rss_workers_mb']:.0f} |")
+    print_markdown_table(header, ([
+        r["model"], r["system"], r["n_atoms"], r["mode"], f"{r['step_single_ms']:.1f}",
+        f"{r['step_chains_ms']:.1f}", f"{r['step_ratio']:.2f}", f"{r['step_floor']:.2f}",
+        f"{r['eval_ratio']:.2f}", f"{r['eval_floor']:.2f}", f"{r['step_vs_eval']:.2f}",
+        f"{r['update_minutes']:.1f}", f"{r['update_overhead_s']:.1f}",
+        f"{r['peak_rss_mb']:.0f}", f"{r['peak_rss_workers_mb']:.0f}"] for r in rows))
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(),
             "python": sys.version.split()[0], "machine": platform.machine(),
             "cpus": len(os.sched_getaffinity(0)),
             "keep_freed_memory": not args.default_malloc,
             # other work on the machine distorts the ratios: the 1-minute load average
             "loadavg_start": load_start[0], "loadavg_end": os.getloadavg()[0]}
-    Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    print(f"\nwrote {args.out}")
+    write_report(args.out, meta, rows)
 
 
 if __name__ == "__main__":

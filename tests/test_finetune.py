@@ -51,15 +51,13 @@ def rmse(x: np.ndarray) -> float:
 
 
 def finetune_scores(model_name: str, system: str, n_steps: int = 400, n_chains: int = 4,
-                    seed: int = 0, workers: int = 2,
-                    energy_sigma: float | None = None) -> dict[str, float]:
+                    seed: int = 0, workers: int = 2) -> dict[str, float]:
     frames = SYSTEMS[system]()
     train, test = list(frames[0::2]), list(frames[1::2])
     sg = SGHMCConfig(n_steps=n_steps, burn_in=n_steps // 4, ramp=n_steps // 10,
                      batch_size=BATCH_SIZE[system])
-    if energy_sigma is None:
-        # energy std 0.1 K with K = 0.5 kcal/mol per 9 atoms, as in the paper's ethanol run
-        energy_sigma = 0.1 * 0.0217 * train[0].n_atoms / 9
+    # energy std 0.1 K with K = 0.5 kcal/mol per 9 atoms, as in the paper's ethanol run
+    energy_sigma = 0.1 * 0.0217 * train[0].n_atoms / 9
     model = load_model(model_name)
     posterior = Posterior(model, PosteriorConfig(n_chains=n_chains, sghmc=sg, seed=seed,
                                                  energy_sigma=energy_sigma))

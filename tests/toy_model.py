@@ -71,3 +71,23 @@ class ToyModel(FoundationModel):
         return ModelOutput(energy=energy, forces=forces, stress=None,
                            features=torch.cat(features),
                            n_atoms=torch.tensor([len(p) for p in positions]))
+
+
+class ChattyToyModel(ToyModel):
+    """The toy model, announcing itself on stdout as CHGNet does, from Python and from C
+    (file descriptor 1): the ``--json`` tests check that none of it reaches stdout."""
+
+    def __init__(self) -> None:
+        import os
+        import sys
+
+        super().__init__()
+        print("ChattyToyModel initialized with 161 parameters")  # noqa: T201
+        sys.stdout.flush()
+        os.write(1, b"ChattyToyModel: a C library writes here\n")
+
+    def __setstate__(self, state: dict) -> None:  # unpickled in each ChainPool worker
+        import os
+
+        self.__dict__.update(state)
+        os.write(1, b"ChattyToyModel: a worker writes here\n")

@@ -15,11 +15,14 @@ Bad input prints one line starting with "error:" and exits with status 2 (no tra
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from atomate2_otf.schemas import EV_PER_KCAL_MOL
 
@@ -228,13 +231,13 @@ def _summary(doc) -> str:
     return "\n".join(lines)
 
 
-def _emit(doc, as_json: bool, store_folder: str) -> None:
+def _emit(out: TextIO, doc, as_json: bool, store_folder: str) -> None:
     if as_json:
         from monty.json import MontyEncoder
 
-        sys.stdout.write(json.dumps(doc.model_dump(), cls=MontyEncoder, indent=1) + "\n")
+        out.write(json.dumps(doc.model_dump(), cls=MontyEncoder, indent=1) + "\n")
     else:
-        sys.stdout.write(_summary(doc) + f"\n  store: {Path(store_folder).resolve()}\n")
+        out.write(_summary(doc) + f"\n  store: {Path(store_folder).resolve()}\n")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -250,7 +253,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         update_steps=DEMO["update_steps"], initial_update_steps=DEMO["initial_update_steps"],
         seed=args.seed, progress=not args.json)
     doc = run_flow(maker, molecule("CH3CH2OH"), args.store, args.verbose)
-    _emit(doc, args.json, args.store)
+    _emit(args.out, doc, args.json, args.store)
     return 0
 
 
@@ -303,7 +306,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise UsageError(str(err)) from err
     doc = run_flow(maker, atoms, args.store, args.verbose, work_dir=_work_dir(args))
-    _emit(doc, args.json, args.store)
+    _emit(args.out, doc, args.json, args.store)
     return 0
 
 
@@ -366,7 +369,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
             except RuntimeError as err:  # one material failing does not stop the others
                 failed.append(item.source_id)
                 sys.stderr.write(f"error: {item.source_id}: {err}\n")
-    _print_status(status_rows(store), args.json, args.store)
+    _print_status(args.out, status_rows(store), args.json, args.store)
     return 1 if failed else 0
 
 
@@ -388,7 +391,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
             if doc is not None:
                 docs.append(doc)
                 if not args.json:
-                    sys.stdout.write(_summary(doc) + "\n")
+                    args.out.write(_summary(doc) + "\n")
             sys.stderr.write(f"run {outcome.run_id}: finished ({outcome.jobs_run} jobs run, "
                              f"{outcome.jobs_skipped} already done)\n")
         else:
@@ -398,7 +401,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         from monty.json import MontyEncoder
 
         payload = docs[0].model_dump() if len(docs) == 1 else [d.model_dump() for d in docs]
-        sys.stdout.write(json.dumps(payload, cls=MontyEncoder, indent=1) + "\n")
+        args.out.write(json.dumps(payload, cls=MontyEncoder, indent=1) + "\n")
     return 0 if all(o.state == "completed" for o in outcomes) else 1
 
 
@@ -470,28 +473,29 @@ def _fireworks_state(launchpad, fw_ids: list[int]) -> str:
     return "submitted"
 
 
-def _print_status(rows: list[dict[str, Any]], as_json: bool, store_spec: str) -> None:
+def _print_status(out: TextIO, rows: list[dict[str, Any]], as_json: bool,
+                  store_spec: str) -> None:
     if as_json:
-        sys.stdout.write(json.dumps(rows, indent=1) + "\n")
+        out.write(json.dumps(rows, indent=1) + "\n")
         return
     header = f"{'source':18s} {'run':13s} {'formula':10s} {'state':11s} {'MD steps':>9s} " \
              f"{'calls':>6s} {'>K %':>6s} {'wall s':>8s}"
-    sys.stdout.write(header + "\n")
+    out.write(header + "\n")
     for r in rows:
         share = "-" if r["share_above_k"] is None else f"{100 * r['share_above_k']:.1f}"
         wall = "-" if r["wall_s"] is None else f"{r['wall_s']:.0f}"
-        sys.stdout.write(f"{str(r['source'] or '-')[:18]:18s} {r['run_id'][:13]:13s} "
+        out.write(f"{str(r['source'] or '-')[:18]:18s} {r['run_id'][:13]:13s} "
                          f"{str(r['formula'] or '-'):10s} {r['state']:11s} "
                          f"{r['md_steps'] or 0:>9d} {r['reference_calls'] or 0:>6d} "
                          f"{share:>6s} {wall:>8s}\n")
     if not rows:
-        sys.stdout.write(f"(no runs in {store_spec})\n")
+        out.write(f"(no runs in {store_spec})\n")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     launchpad = _launchpad(args.launchpad) if args.launchpad else None
     store = _open_store(args.store, must_exist=True)
-    _print_status(status_rows(store, launchpad), args.json, args.store)
+    _print_status(args.out, status_rows(store, launchpad), args.json, args.store)
     return 0
 
 
@@ -499,29 +503,98 @@ COMMANDS = {"demo": cmd_demo, "run": cmd_run, "batch": cmd_batch, "status": cmd_
             "resume": cmd_resume}
 
 
+@contextlib.contextmanager
+def command_stdout() -> Iterator[TextIO]:
+    """Yield the stream for the command's own output (a summary, a ``--json`` document);
+    anything else written to stdout while the command runs goes to stderr.
+
+    Models and reference codes print on stdout (CHGNet announces its parameter count, C
+    libraries write to file descriptor 1), which would break ``--json > out.json``. So the
+    real stdout is set aside and descriptor 1, which worker processes inherit, points to
+    stderr until the command ends. Where stdout is not a file descriptor (an in-process
+    capture), Python-level prints are redirected only.
+    """
+    ours = sys.stdout
+    try:
+        fd = ours.fileno()
+        err_fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = None
+    saved = None
+    if fd is not None:
+        ours.flush()
+        saved = os.dup(fd)
+        os.dup2(err_fd, fd)
+        ours = open(saved, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield ours
+    finally:
+        ours.flush()
+        if saved is not None:
+            sys.stdout.flush()
+            os.dup2(saved, fd)
+            os.close(saved)
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGTERM and SIGINT raise :class:`~atomate2_otf.local.RunInterrupted` in the main
+    thread, so the runner journals the run as interrupted and :func:`main` stops the chain
+    workers; a second signal while that happens acts as the signal's default."""
+    import signal
+    import threading
+
+    from atomate2_otf.local import RunInterrupted
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_DFL)
+        raise RunInterrupted(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not args.verbose:  # third-party deprecation chatter would bury the summary
-        import warnings
+    if not args.verbose:  # known third-party chatter would bury the summary (-v shows it)
+        from atomate2_otf.runtime import silence_known_warnings
 
-        for category in (UserWarning, FutureWarning, DeprecationWarning):
-            warnings.filterwarnings("ignore", category=category)
+        silence_known_warnings()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    from atomate2_otf.runtime import keep_freed_memory
+    from atomate2_otf.local import RunInterrupted
+    from atomate2_otf.runtime import keep_freed_memory, resources
 
     keep_freed_memory()  # the command owns its process (see the function's docstring)
-    try:
-        return COMMANDS[args.command](args)
-    except UsageError as err:
-        sys.stderr.write(f"error: {err}\n")
-        return 2
-    except RuntimeError as err:  # a job failed: its traceback is in the log (-v)
-        if args.verbose:
-            logger.exception("run failed")
-        sys.stderr.write(f"error: {err}\n")
-        return 1
+    with command_stdout() as out, interruptible():
+        args.out = out
+        try:
+            return COMMANDS[args.command](args)
+        except UsageError as err:
+            sys.stderr.write(f"error: {err}\n")
+            return 2
+        except RuntimeError as err:  # a job failed: its traceback is in the log (-v)
+            if args.verbose:
+                logger.exception("run failed")
+            sys.stderr.write(f"error: {err}\n")
+            return 1
+        except RunInterrupted as err:
+            resources().close(timeout=0)  # the chain workers stop now, not at exit
+            store = getattr(args, "store", DEFAULT_STORE)
+            sys.stderr.write(f"error: {err}; the run is journalled as interrupted: "
+                             f"'atomate2-otf resume --store {store}' finishes it\n")
+            return 128 + err.signum
 
 
 if __name__ == "__main__":

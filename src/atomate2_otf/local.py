@@ -26,6 +26,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import socket
 import time
 from collections import deque
@@ -45,8 +46,21 @@ logger = logging.getLogger(__name__)
 
 #: the JobStore's additional store that holds the journals
 RUNS_STORE = "runs"
-#: journal states; "queued" runs were submitted (batch) but not started
-UNFINISHED = ("queued", "running", "failed")
+#: journal states; "queued" runs were submitted (batch) but not started, "interrupted" ones
+#: were stopped by a signal (SIGINT, SIGTERM) between or inside jobs
+UNFINISHED = ("queued", "running", "interrupted", "failed")
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A signal stopped the run; raised by a handler such as the CLI's.
+
+    A KeyboardInterrupt, so that no ``except Exception`` in a job or a library swallows it;
+    the runner journals the run as ``interrupted`` (resume finishes it) and re-raises.
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signum = int(signum)
+        super().__init__(f"interrupted by {signal.Signals(self.signum).name}")
 
 
 def _jobs_in_order(flow: Flow | Job) -> list[Job]:
@@ -190,8 +204,11 @@ def _run_queue(jobs: list[Job], store: JobStore, run_id: str,
             del job, response, follow
     except BaseException as err:
         if journal is not None:
+            # a signal (SIGINT, SIGTERM) is not the run's failure: the job it stopped is
+            # still in the queue, and resume finishes the run
+            state = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
             with contextlib.suppress(Exception):  # the job's own error is what matters
-                journal.write("failed", queue, error=f"{type(err).__name__}: {err}")
+                journal.write(state, queue, error=f"{type(err).__name__}: {err}")
         raise
     if journal is not None:
         journal.write("completed", [], finished=_now(), error=None)

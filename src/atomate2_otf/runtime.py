@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import platform
+import warnings
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -82,6 +83,28 @@ def keep_freed_memory(block_limit: int = KEEP_BLOCKS_BELOW,
     return ok
 
 
+#: third-party warnings that say nothing a user of this package can act on, each with why
+KNOWN_WARNINGS: tuple[tuple[str, type[Warning], str], ...] = (
+    # CHGNet's stress code builds a tensor from cell volumes that carry gradients
+    # (chgnet/model/model.py); harmless, once per process and chain worker
+    (r"Converting a tensor with requires_grad=True to a scalar", UserWarning, ""),
+    # third-party API deprecations (pymatgen, jobflow, e3nn, torch, ...): for their developers
+    ("", DeprecationWarning, r"^(?!atomate2_otf)"),
+    ("", FutureWarning, r"^(?!atomate2_otf)"),
+)
+
+
+def silence_known_warnings() -> None:
+    """Ignore :data:`KNOWN_WARNINGS` in this process.
+
+    For processes the package owns (the ``atomate2-otf`` command, unless ``-v``); a
+    :class:`~atomate2_otf.bnn.parallel.ChainPool` passes its creator's filters on to its
+    workers, so they stay as quiet as their parent. Library code never calls this.
+    """
+    for message, category, module in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
+
+
 class Resources:
     """Models by spec and one chain pool per model, kept for the life of the process."""
 
@@ -112,9 +135,10 @@ class Resources:
             self._pools[key] = ChainPool(model, n_workers=int(n_workers))
         return self._pools[key]
 
-    def close(self) -> None:
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the pools' workers (``timeout`` 0: at once, as after an interruption)."""
         for pool in self._pools.values():
-            pool.close()
+            pool.close(timeout=timeout)
         self._pools.clear()
 
 

@@ -11,12 +11,19 @@ exactly the code of :meth:`Posterior.run_chain` and the samples equal the serial
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import logging
 import multiprocessing as mp
 import os
 import pickle
 import queue
-from collections.abc import Callable
+import signal
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -32,12 +39,47 @@ logger = logging.getLogger(__name__)
 _PROGRESS_EVERY = 25
 
 
-def _worker_main(model_bytes: bytes, threads: int, tasks: Any, results: Any) -> None:
-    """Worker loop: keep a replica posterior; run updates and predictions of its chains."""
+#: seconds between checks that the parent process still lives, while a worker waits
+_PARENT_CHECK_S = 1.0
+#: prctl option: the signal a process gets when the thread that created it exits (Linux)
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux only).
+
+    A worker of a killed run would otherwise wait on its task pipe for ever, holding its
+    model (~1 GB for a large model). Without prctl (other systems) the worker's liveness
+    checks alone end it, within about a second of its next check."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _exit_if_orphaned(parent_pid: int) -> None:
+    if os.getppid() != parent_pid:
+        logger.warning("chain worker %d: parent process %d is gone, exiting", os.getpid(),
+                       parent_pid)
+        os._exit(1)  # not sys.exit: the results queue's feeder could wait on a dead reader
+
+
+def _worker_main(model_bytes: bytes, threads: int, tasks: Connection, results: Any,
+                 parent_pid: int, pdeathsig: bool, warning_filters: list[Any]) -> None:
+    """Worker loop: keep a replica posterior; run updates and predictions of its chains.
+
+    The worker holds only the read end of its task pipe, so the pipe reports EOF once the
+    parent is gone; it ignores SIGINT (a Ctrl-C reaches the whole process group: the parent
+    decides, and closes the pool)."""
     from atomate2_otf.bnn.posterior import Posterior
     from atomate2_otf.bnn.sghmc import SGHMCConfig
     from atomate2_otf.runtime import keep_freed_memory
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if pdeathsig:
+        _die_with_parent(parent_pid)
+    warnings.filters[:] = warning_filters  # the parent's: -v shows what the parent shows
     torch.set_num_threads(threads)
     keep_freed_memory()  # this process is ours: steps reuse their freed tensors
     # Plain pickle bytes, not the model object: multiprocessing would hand every worker
@@ -45,7 +87,12 @@ def _worker_main(model_bytes: bytes, threads: int, tasks: Any, results: Any) -> 
     model = pickle.loads(model_bytes)
     replica: Posterior | None = None
     while True:
-        message = tasks.get()
+        while not tasks.poll(_PARENT_CHECK_S):
+            _exit_if_orphaned(parent_pid)
+        try:
+            message = tasks.recv()
+        except EOFError:  # the parent closed the pipe or died
+            return
         if message is None:
             return
         kind, token, blob, chains, payload = message
@@ -58,6 +105,7 @@ def _worker_main(model_bytes: bytes, threads: int, tasks: Any, results: Any) -> 
 
                 def progress(chain: int, t: int) -> None:
                     if (t + 1) % _PROGRESS_EVERY == 0 or t + 1 == config.n_steps:
+                        _exit_if_orphaned(parent_pid)
                         results.put((token, "progress", (chain, t)))
 
                 for chain in chains:
@@ -74,6 +122,33 @@ def _worker_main(model_bytes: bytes, threads: int, tasks: Any, results: Any) -> 
         except Exception as err:  # report; the worker stays alive for the next task
             logger.exception("chain worker failed")
             results.put((token, "error", repr(err)))
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Block SIGINT in this thread while workers are spawned: a child inherits the mask, so
+    a Ctrl-C (sent to the whole process group) cannot reach a worker that is still importing
+    torch, before it ignores SIGINT itself. A SIGINT meanwhile reaches the parent after."""
+    if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - not POSIX
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _picklable_filters() -> list[Any]:
+    """This process's warning filters that a spawned worker can receive."""
+    kept = []
+    for entry in warnings.filters:
+        try:
+            pickle.dumps(entry)
+        except Exception:  # noqa: BLE001 - a filter on a class a worker cannot import
+            continue
+        kept.append(entry)
+    return kept
 
 
 class ChainPool:
@@ -96,17 +171,31 @@ class ChainPool:
             raise ValueError(f"threads_per_worker must be >= 1, got {threads_per_worker!r}")
         context = mp.get_context("spawn")
         model_bytes = pickle.dumps(model)
+        # The kernel's parent-death signal follows the thread that created the child: a
+        # pool made in another thread (which may end first) relies on the liveness checks.
+        pdeathsig = threading.current_thread() is threading.main_thread()
+        filters = _picklable_filters()
         self._results = context.Queue()
-        self._tasks = [context.Queue() for _ in range(int(n_workers))]
-        self._workers = [
-            context.Process(target=_worker_main, args=(model_bytes, int(threads_per_worker), q,
-                                                       self._results), daemon=True)
-            for q in self._tasks
-        ]
-        for worker in self._workers:
-            worker.start()
+        self._tasks: list[Connection] = []
+        self._workers = []
+        with _sigint_blocked():  # a Ctrl-C while a worker starts up is the parent's
+            for _ in range(int(n_workers)):
+                reader, writer = context.Pipe(duplex=False)
+                worker = context.Process(
+                    target=_worker_main, daemon=True,
+                    args=(model_bytes, int(threads_per_worker), reader, self._results,
+                          os.getpid(), pdeathsig, filters))
+                worker.start()
+                reader.close()  # the worker's end: only the worker may hold it
+                self._tasks.append(writer)
+                self._workers.append(worker)
         self._token = 0
         self._synced: list[tuple[str, int] | None] = [None] * len(self._workers)
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the workers (for logs and for checks that they are gone)."""
+        return [int(w.pid) for w in self._workers if w.pid is not None]
 
     @property
     def n_workers(self) -> int:
@@ -130,7 +219,7 @@ class ChainPool:
                 worker_blob = blob
             else:
                 worker_blob = None
-            self._tasks[w].put((kind, self._token, worker_blob, chains, payload))
+            self._tasks[w].send((kind, self._token, worker_blob, chains, payload))
             self._synced[w] = key
             n_tasks += 1
         return self._token, n_tasks
@@ -181,14 +270,21 @@ class ChainPool:
             outputs.update(body)
         return [outputs[chain] for chain in range(posterior.n_chains)]
 
-    def close(self) -> None:
-        """Stop the workers (also done at interpreter exit: they are daemons)."""
-        for q in self._tasks:
-            q.put(None)
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the workers: each finishes its task, then exits; after ``timeout`` seconds
+        (0: at once, as after an interruption) the rest are killed. Idempotent."""
+        for connection in self._tasks:
+            with contextlib.suppress(OSError, ValueError):
+                if timeout > 0:
+                    connection.send(None)
+                connection.close()
         for worker in self._workers:
-            worker.join(timeout=10)
+            if timeout > 0:
+                worker.join(timeout=timeout)
             if worker.is_alive():
-                worker.terminate()
+                worker.kill()
+            worker.join(timeout=5)
+        self._results.cancel_join_thread()
 
     def __enter__(self) -> ChainPool:
         return self

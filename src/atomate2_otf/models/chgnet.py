@@ -14,6 +14,8 @@ adapter returns total energies in eV and stress in eV/A^3 with ASE's sign,
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -176,6 +178,12 @@ def load_chgnet(version: str = "0.3.0", model: CHGNet | None = None) -> CHGNetMo
     if model is None:
         from chgnet.model import CHGNet
 
-        model = CHGNet.load(model_name=version, use_device="cpu", verbose=False)
+        # CHGNet prints "CHGNet v0.3.0 initialized with ... parameters" whatever verbose
+        # says; stdout belongs to the caller (e.g. a --json document): into the log with it
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            model = CHGNet.load(model_name=version, use_device="cpu", verbose=False)
+        if printed.getvalue().strip():
+            logger.info("%s", printed.getvalue().strip())
     model.eval()
     return CHGNetModel(model, version=version)

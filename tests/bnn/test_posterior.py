@@ -1,5 +1,8 @@
 """The posterior's bookkeeping on a tiny pair potential (fast; real models: tests/models)."""
 
+import io
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -43,17 +46,21 @@ def trained():
     return post
 
 
-def test_variance_is_var_of_means_plus_mean_of_variances():
+def test_variance_is_sample_var_of_means_plus_mean_of_variances():
+    """METHOD.md sec. 4: epistemic = sum_m (mu_m - mu)^2 / (M - 1) (the reference code's
+    unbiased torch.var), written out here, plus the mean of the predicted variances."""
     rng = np.random.default_rng(0)
-    means, variances = rng.normal(size=(8, 11, 3)), rng.uniform(size=(8, 11, 3))
+    m_chains = 8
+    means, variances = rng.normal(size=(m_chains, 11, 3)), rng.uniform(size=(m_chains, 11, 3))
     mean, epi, alea = combine_ensemble(means, variances)
-    total = epi + alea
-    # law of total variance against a brute-force mixture computed with numpy
-    second_moment = (variances + means**2).mean(0)
-    np.testing.assert_allclose(total, second_moment - means.mean(0) ** 2, atol=1e-12)
-    np.testing.assert_allclose(epi, np.var(means, axis=0), atol=1e-12)
-    np.testing.assert_allclose(alea, np.mean(variances, axis=0), atol=1e-12)
-    np.testing.assert_allclose(mean, np.mean(means, axis=0), atol=1e-12)
+    expected_mean = sum(means[m] for m in range(m_chains)) / m_chains
+    expected_epi = sum((means[m] - expected_mean) ** 2 for m in range(m_chains)) / (m_chains - 1)
+    np.testing.assert_allclose(mean, expected_mean, atol=1e-12)
+    np.testing.assert_allclose(epi, expected_epi, rtol=1e-12)
+    np.testing.assert_allclose(alea, sum(variances) / m_chains, atol=1e-12)
+    # one chain: no spread to estimate, no NaN
+    one = combine_ensemble(means[:1], variances[:1])
+    np.testing.assert_array_equal(one[1], np.zeros_like(means[0]))
 
 
 def test_prediction_splits_epistemic_and_aleatoric(trained):
@@ -68,7 +75,7 @@ def test_prediction_splits_epistemic_and_aleatoric(trained):
         per_chain_sigma.append(trained.head(out.features).detach().double().numpy())
     f, s = np.array(per_chain_f), np.array(per_chain_sigma)
     np.testing.assert_allclose(pred.forces, f.mean(0), atol=1e-6)
-    np.testing.assert_allclose(pred.forces_var_epistemic, f.var(0), atol=1e-8)
+    np.testing.assert_allclose(pred.forces_var_epistemic, f.var(0, ddof=1), atol=1e-8)
     np.testing.assert_allclose(pred.forces_var_aleatoric,
                                np.broadcast_to((s**2).mean(0)[:, None], f.shape[1:]),
                                rtol=1e-5)
@@ -208,3 +215,61 @@ def test_cached_minibatch_gives_the_same_gradient_and_follows_new_data():
     grown = post._chain_gradient(theta, indices, weights)
     # the prior term is divided by the new N = 4, so the gradient must change
     assert not torch.equal(grown, first)
+
+
+def test_a_kept_mass_keeps_its_age_serial_pool_and_checkpoint():
+    """keep_mass carries the moments and their age (the bias correction goes on from it);
+    the age survives a checkpoint and a pool update, and a fresh mass starts at zero."""
+    from atomate2_otf.bnn.parallel import ChainPool
+
+    config = small_config()
+    config.sghmc.keep_mass = True
+    serial, pooled = (Posterior(ToyModel(), config) for _ in range(2))
+    for post in (serial, pooled):
+        post.add_labels(labelled(molecules(6)))
+    serial.update()
+    serial.update(n_steps=30)
+    assert serial.state.t == 60 + 30
+    with ChainPool(ToyModel(), n_workers=2) as pool:
+        pooled.update(pool=pool)
+        pooled = Posterior.from_bytes(pooled.to_bytes(), model=ToyModel())
+        assert pooled.state.t == 60
+        pooled.update(n_steps=30, pool=pool)
+    assert pooled.state.t == 90
+    np.testing.assert_allclose(pooled.state.theta.numpy(), serial.state.theta.numpy(),
+                               atol=1e-5)
+    np.testing.assert_allclose(pooled.state.v_hat.numpy(), serial.state.v_hat.numpy(),
+                               rtol=1e-4)
+    fresh = Posterior(ToyModel(), small_config())
+    fresh.add_labels(labelled(molecules(6)))
+    fresh.update()
+    fresh.update(n_steps=30)
+    assert fresh.state.t == 30
+
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.mark.parametrize("keep_mass", [False, True])
+def test_checkpoints_written_before_the_amsgrad_order_fix_still_load(keep_mass):
+    """Format-2 checkpoints (written by the code before the raw-moment max, files made with
+    it) load, predict and update; a carried mass becomes a raw max of the same scale."""
+    blob = (DATA / f"toy_checkpoint_format2_keep_mass_{str(keep_mass).lower()}.pt").read_bytes()
+    assert torch.load(io.BytesIO(blob), weights_only=True)["format"] == 2
+    post = Posterior.from_bytes(blob, model=ToyModel())
+    assert post.config.sghmc.keep_mass is keep_mass and post.n_updates == 1
+    assert len(post.data) == 4
+    if keep_mass:
+        old_v_hat = torch.load(io.BytesIO(blob), weights_only=True)["v_hat"]
+        beta, age = post.config.sghmc.beta, post.config.sghmc.n_steps
+        assert post.state.t == age
+        np.testing.assert_allclose(post.state.v_hat.numpy(),
+                                   (old_v_hat * (1 - beta**age)).numpy(), rtol=1e-12)
+        assert torch.all(post.state.v_hat >= 0)
+    else:
+        assert post.state.t == 0 and post.state.v_hat.abs().sum() == 0
+    before = post.state.theta.clone()
+    pred = post.predict(molecules(2, seed=8))
+    assert np.all(np.isfinite(pred.energy)) and np.all(pred.energy_var > 0)
+    post.update()
+    assert torch.isfinite(post.state.theta).all() and not torch.equal(post.state.theta, before)

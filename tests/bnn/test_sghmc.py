@@ -98,10 +98,53 @@ def test_schedules():
     assert sghmc.cosine_step_size(50, 100, 1e-3) == pytest.approx(0.5e-3 + 1e-8)
     assert sghmc.cosine_step_size(100, 100, 1e-3) == pytest.approx(1e-8)
     assert sghmc.temperature(399, 400, 100) == 0.0
-    assert sghmc.temperature(400, 400, 100) == pytest.approx(0.01)
-    assert sghmc.temperature(449, 400, 100) == pytest.approx(0.5)
+    # the preheat ramp is linear in the noise standard deviation: T rises as its square
+    assert sghmc.temperature(400, 400, 100) == pytest.approx(0.01**2)
+    assert sghmc.temperature(449, 400, 100) == pytest.approx(0.5**2)
     assert sghmc.temperature(499, 400, 100) == 1.0
     assert sghmc.temperature(10_000, 400, 100) == 1.0
+
+
+def test_ramp_scales_the_noise_standard_deviation_linearly():
+    """Halfway through the ramp the momentum noise has half its final std (reference:
+    ``T * t / preheat`` multiplies the std), not 1/sqrt(2) of it."""
+    def noise_std(t: int) -> float:
+        state = sghmc.init(torch.zeros(1, 20_000, dtype=torch.float64))
+        state.v_hat.fill_(1.0)
+        state.t = 10**6  # bias correction 1: inverse mass 1 / (1 + eps)
+        temp = sghmc.temperature(t, burn_in=0, ramp=100)
+        sghmc.step(state, torch.zeros_like(state.theta), step_size=1e-2, temp=temp,
+                   n_data=10, friction=0.1, beta=0.999, eps=1e-4,
+                   generator=torch.Generator().manual_seed(0))
+        return float(state.momentum.std())
+
+    assert noise_std(49) / noise_std(99) == pytest.approx(0.5, rel=0.02)
+
+
+def test_inverse_mass_is_amsgrad_denominator_of_torch_adam():
+    """m^-1 at every step equals 1 / denominator of ``torch.optim.Adam(amsgrad=True)``
+    (eps outside the square root), on gradients whose first 20 steps are 30x larger than
+    the rest, as at the start of an update after a new label. With beta1 = 0 Adam's step is
+    lr * g / denominator, which gives the denominator without reading Adam's internals."""
+    beta, eps, n_params = 0.999, 1e-4, 16
+    gen = torch.Generator().manual_seed(3)
+    grads = [torch.randn(n_params, generator=gen, dtype=torch.float64) * (30.0 if t < 20
+                                                                          else 1.0)
+             for t in range(300)]
+    param = torch.zeros(n_params, dtype=torch.float64, requires_grad=True)
+    adam = torch.optim.Adam([param], lr=1.0, betas=(0.0, beta), eps=eps, amsgrad=True)
+    state = sghmc.init(torch.zeros(1, n_params, dtype=torch.float64))
+    worst = 0.0
+    for g in grads:
+        before = param.detach().clone()
+        param.grad = g.clone()
+        adam.step()
+        denominator = -g / (param.detach() - before)
+        sghmc.step(state, g[None], step_size=1e-3, temp=0.0, n_data=10, friction=0.1,
+                   beta=beta, eps=eps)
+        ours = 1.0 / sghmc.inverse_mass(state, beta, eps)[0]
+        worst = max(worst, float(((ours - denominator) / denominator).abs().max()))
+    assert worst < 1e-6
 
 
 def test_reset_for_update():
@@ -110,10 +153,10 @@ def test_reset_for_update():
     state.v += 1
     state.v_hat += 1
     state.t = 7
-    sghmc.reset_for_update(state, keep_mass=True)
-    assert state.t == 0 and state.momentum.abs().sum() == 0 and state.v_hat.sum() == 6
+    sghmc.reset_for_update(state, keep_mass=True)  # a kept mass keeps its age too
+    assert state.t == 7 and state.momentum.abs().sum() == 0 and state.v_hat.sum() == 6
     sghmc.reset_for_update(state, keep_mass=False)
-    assert state.v.sum() == 0 and state.v_hat.sum() == 0
+    assert state.t == 0 and state.v.sum() == 0 and state.v_hat.sum() == 0
 
 
 @pytest.mark.parametrize("kwargs, word", [

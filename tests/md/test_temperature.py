@@ -38,3 +38,7 @@ def test_step_budget_callback_and_trajectory_interval():
     assert done.n_steps_done == 0 and done.trajectory == []
     assert set(first.trajectory[0]) >= {"step", "time_fs", "temperature_K", "energy"}
     assert first.trajectory[-1]["time_fs"] == 14.0
+    # each frame carries its structure: positions of that step, and the cell
+    np.testing.assert_array_equal(first.trajectory[-1]["positions"], first.state.positions)
+    np.testing.assert_allclose(first.trajectory[0]["positions"], state.positions)
+    np.testing.assert_array_equal(first.trajectory[0]["cell"], cu_cell().cell.array)

@@ -35,9 +35,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 2
-#: formats from_bytes still reads (1: the data set as a list of plain dicts)
-READABLE_FORMATS = (1, 2)
+CHECKPOINT_FORMAT = 3
+#: formats from_bytes still reads (1: the data set as a list of plain dicts; 1 and 2: a
+#: carried mass (keep_mass) as the max of the bias-corrected moment, and no mass age)
+READABLE_FORMATS = (1, 2, 3)
 
 
 def pack_records(records: Sequence[StructureRecord]) -> dict[str, torch.Tensor]:
@@ -190,8 +191,15 @@ class ChainOutput:
 
 
 def combine_ensemble(means: np.ndarray, variances: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Law of total variance over chains (axis 0): mean, var of means, mean of variances."""
-    return means.mean(0), means.var(0), variances.mean(0)
+    """Over chains (axis 0): the mean, the epistemic variance and the aleatoric variance.
+
+    Epistemic: the *sample* variance (ddof = 1) of the M means, as the reference code's
+    ``torch.var`` (METHOD.md sec. 4): M = 8 draws of the posterior estimate its spread, and
+    ddof = 0 would understate it by (M - 1) / M. One chain has no spread to estimate: 0.
+    Aleatoric: the mean of the M predicted noise variances.
+    """
+    epistemic = means.var(0, ddof=1) if len(means) > 1 else np.zeros_like(means[0])
+    return means.mean(0), epistemic, variances.mean(0)
 
 
 class ParameterSpace:
@@ -498,7 +506,16 @@ class Posterior:
         else:
             for chain in range(self.n_chains):
                 self.run_chain(chain, config, callback)
+        # the mass's age: every chain took the same steps (views of the state cannot say)
+        self.state.t = (self.state.t if config.keep_mass else 0) + config.n_steps
         self.n_updates += 1
+
+    def _legacy_mass_age(self) -> int:
+        """The age to give a mass carried in a format 1-2 checkpoint, whose ``v_hat`` is the
+        max of the bias-corrected moment over the last update and whose age was not kept:
+        that update's length, so that ``v_hat * (1 - beta^age)`` approximates the raw max
+        (exact for a moment that stopped growing; keep_mass was never the default)."""
+        return int(self.config.sghmc.n_steps)
 
     # -- serialisation --------------------------------------------------------------------
     def to_bytes(self) -> bytes:
@@ -513,6 +530,7 @@ class Posterior:
             "theta0_head": self.theta0[-self._head_size():],
             "v": self.state.v if keep_mass else None,
             "v_hat": self.state.v_hat if keep_mass else None,
+            "mass_age": self.state.t if keep_mass else 0,
             "data": pack_records(self.data),
             "energy_offset": self.energy_offset,
             "calibration": self.calibration.to_dict(),
@@ -552,6 +570,10 @@ class Posterior:
         if payload["v"] is not None:
             posterior.state.v.copy_(payload["v"])
             posterior.state.v_hat.copy_(payload["v_hat"])
+            posterior.state.t = int(payload.get("mass_age", 0))
+            if payload["format"] < 3:  # see READABLE_FORMATS: convert to the raw-moment max
+                posterior.state.t = posterior._legacy_mass_age()
+                posterior.state.v_hat.mul_(1.0 - posterior.config.sghmc.beta ** posterior.state.t)
         records = (unpack_records(payload["data"]) if payload["format"] >= 2
                    else [StructureRecord.from_dict(d) for d in payload["data"]])
         posterior.data = records

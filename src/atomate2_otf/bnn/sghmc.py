@@ -4,7 +4,10 @@ All M chains live in stacked ``[M, P]`` tensors and every operation is element-w
 sampler itself is vectorised over chains for free; only the gradient (the model) costs.
 
 With ``g = grad U(theta) / N`` (U = -log prior - N * mean log-likelihood), friction alpha,
-step size gamma_t and inverse mass ``m^-1 = 1 / (sqrt(v_hat) + eps)``::
+step size gamma_t and the AMSGrad inverse mass of PyTorch and the reference code,
+``m^-1 = 1 / (sqrt(v_max / (1 - beta^t)) + eps)``, where ``v_max`` is the running max of the
+*raw* second moment ``v_t = beta v_{t-1} + (1 - beta) g^2`` (the bias correction divides the
+max afterwards, so the large gradients at the start of an update fade from the step scale)::
 
     p     <- (1 - alpha) p - alpha g + alpha * xi,   xi ~ N(0, 2 T / (gamma_t m^-1 N))
     theta <- theta + gamma_t m^-1 p
@@ -30,9 +33,11 @@ class SGHMCConfig:
     n_steps: SGHMC steps per update (paper: 2000). step_size: gamma_0; None takes the model
     family's default. friction: alpha. beta, eps: AMSGrad second-moment decay and floor.
     burn_in: noise-free steps at the start of every update; ramp: steps over which the
-    temperature then rises linearly to 1. batch_size: structures per minibatch.
+    noise standard deviation then rises linearly to its T = 1 value (the reference's
+    preheat). batch_size: structures per minibatch.
     schedule: "cosine" (gamma_t = gamma_0/2 (1 + cos(pi t / n_steps)) + 1e-8) or "constant".
-    keep_mass: carry the AMSGrad moments across updates (default: fresh, as the reference).
+    keep_mass: carry the AMSGrad moments (and their age, for the bias correction) across
+    updates (default: fresh, as the reference).
     """
 
     n_steps: int = 2000
@@ -72,7 +77,8 @@ class SGHMCConfig:
 
 @dataclass
 class SGHMCState:
-    """Everything a chain needs to continue: positions, momenta, AMSGrad moments, step."""
+    """Everything a chain needs to continue: positions, momenta, AMSGrad moments (``v``: the
+    raw second moment, ``v_hat``: its running max) and ``t``, the moments' age in steps."""
 
     theta: torch.Tensor
     momentum: torch.Tensor
@@ -96,10 +102,12 @@ def init(theta: torch.Tensor) -> SGHMCState:
 
 
 def reset_for_update(state: SGHMCState, keep_mass: bool) -> SGHMCState:
-    """Start of an update: momentum to zero, step counter restarted, mass fresh unless kept."""
+    """Start of an update: momentum to zero; the mass fresh (moments and their age zeroed)
+    unless kept, in which case its age goes on counting (a carried moment is not biased
+    towards zero, so its bias correction must not start again)."""
     state.momentum.zero_()
-    state.t = 0
     if not keep_mass:
+        state.t = 0
         state.v.zero_()
         state.v_hat.zero_()
     return state
@@ -111,12 +119,22 @@ def cosine_step_size(t: int, n_steps: int, step_size: float) -> float:
 
 
 def temperature(t: int, burn_in: int, ramp: int) -> float:
-    """0 during burn-in, then a linear ramp to 1 over ``ramp`` steps, then 1."""
+    """0 during burn-in, 1 after the ramp; during the ramp the reference code (MCMC.py)
+    scales the noise *standard deviation* linearly, r = (t - burn_in + 1) / ramp, so the
+    effective temperature rises as r**2."""
     if t < burn_in:
         return 0.0
     if ramp <= 0:
         return 1.0
-    return min(1.0, (t - burn_in + 1) / ramp)
+    return min(1.0, (t - burn_in + 1) / ramp) ** 2
+
+
+def inverse_mass(state: SGHMCState, beta: float, eps: float) -> torch.Tensor:
+    """m^-1 = 1 / (sqrt(v_max / (1 - beta^t)) + eps): the denominator of PyTorch's
+    ``Adam(amsgrad=True)`` (eps outside the square root), for a state that has taken
+    ``t >= 1`` steps."""
+    corrected = state.v_hat / (1.0 - beta**state.t)
+    return 1.0 / (corrected.sqrt() + eps)
 
 
 def step(
@@ -140,8 +158,8 @@ def step(
     """
     state.t += 1
     state.v.mul_(beta).addcmul_(grad, grad, value=1.0 - beta)
-    torch.maximum(state.v_hat, state.v / (1.0 - beta**state.t), out=state.v_hat)
-    inv_mass = 1.0 / (state.v_hat.sqrt() + eps)
+    torch.maximum(state.v_hat, state.v, out=state.v_hat)  # the max of the raw moment
+    inv_mass = inverse_mass(state, beta, eps)
     if mass_scale is not None:
         inv_mass = inv_mass * mass_scale
     state.momentum.mul_(1.0 - friction).add_(grad, alpha=-friction)

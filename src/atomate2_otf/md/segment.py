@@ -156,6 +156,11 @@ def _entry(atoms: Atoms, results: dict[str, Any], settings: MDSettings, step: in
             entry[key] = float(results[key])
     if settings.ensemble == "npt":
         entry["volume_A3"] = float(atoms.get_volume())
+    # the structure itself, so that frames can be drawn from a run and labelled afterwards
+    # (the paper's check of the final ensemble on random frames of its trajectory)
+    entry["positions"] = atoms.get_positions().tolist()
+    if atoms.pbc.any():
+        entry["cell"] = atoms.cell.array.tolist()
     return entry
 
 

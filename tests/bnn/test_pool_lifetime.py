@@ -8,17 +8,14 @@ thread, so the pool does not use it) the end of the task pipe and the parent che
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import psutil
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.processes import ROOT, alive, subprocess_env
 
 SCRIPT = """
 import sys, threading, time
@@ -39,26 +36,18 @@ time.sleep(600)
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 @pytest.mark.parametrize("where", ["main", "thread"])
 def test_workers_exit_when_their_parent_is_killed(where):
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    process = subprocess.Popen([sys.executable, "-c", SCRIPT, where], cwd=ROOT, env=env,
+    process = subprocess.Popen([sys.executable, "-c", SCRIPT, where], cwd=ROOT,
+                               env=subprocess_env(),
                                stdout=subprocess.PIPE, text=True)
     pids = [int(p) for p in process.stdout.readline().split()]
     assert len(pids) == 2
     time.sleep(3.0)  # the workers are up and waiting for tasks
-    assert all(_alive(pid) for pid in pids)
+    assert all(alive(pid) for pid in pids)
     process.send_signal(signal.SIGKILL)
     process.wait(30)
     start = time.monotonic()
-    while any(_alive(pid) for pid in pids):
+    while any(alive(pid) for pid in pids):
         assert time.monotonic() - start < 10, f"workers {pids} outlived their parent"
         time.sleep(0.1)

@@ -8,40 +8,27 @@ worker) and CHGNet (prints its parameter count); the demo tests (slow) run the r
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.processes import ROOT, subprocess_env
+
 CHATTY = "tests.toy_model:ChattyToyModel"
 TOY_RUN = ["--model", CHATTY, "--reference", "emt", "--steps", "12", "--chains", "2",
            "--update-steps", "10", "--workers", "2"]
 
 
 def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     return subprocess.run([sys.executable, "-m", "atomate2_otf.cli", *args], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=timeout)
+                          env=subprocess_env(), capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def _json(result: subprocess.CompletedProcess):
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout)  # the whole of stdout: one document, nothing else
-
-
-@pytest.fixture
-def cu_cif(tmp_path) -> Path:
-    from ase.build import bulk
-
-    atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
-    atoms.rattle(0.02, seed=6)
-    path = tmp_path / "cu.cif"
-    atoms.write(path)
-    return path
 
 
 def test_run_and_status_json_with_a_model_that_prints(tmp_path, cu_cif):

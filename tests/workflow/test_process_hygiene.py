@@ -20,25 +20,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.processes import ROOT, alive, subprocess_env
+
 #: how long a worker may outlive its run (the issue's bound)
 GRACE_S = 10.0
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1",
-            "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-
-
-@pytest.fixture
-def cif(tmp_path) -> Path:
-    from ase.build import bulk
-
-    atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
-    atoms.rattle(0.02, seed=5)
-    path = tmp_path / "cu.cif"
-    atoms.write(path)
-    return path
 
 
 def _run_args(cif: Path, store: Path) -> list[str]:
@@ -53,7 +38,7 @@ def _start_mid_update(tmp_path: Path, cif: Path) -> tuple[subprocess.Popen, list
     flag, store = tmp_path / "flag", tmp_path / "store"
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.cli_probe", str(flag), *_run_args(cif, store)],
-        cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True)
     deadline = time.monotonic() + 180
     while not flag.exists():
@@ -64,16 +49,8 @@ def _start_mid_update(tmp_path: Path, cif: Path) -> tuple[subprocess.Popen, list
         time.sleep(0.05)
     workers = [int(line) for line in flag.read_text().split()]
     assert len(workers) == 2
-    assert all(_alive(pid) for pid in workers)  # the check below can fail
+    assert all(alive(pid) for pid in workers)  # the check below can fail
     return process, workers, store
-
-
-def _alive(pid: int) -> bool:
-    """Running (a zombie waiting for its reaper has exited)."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def _group(pgid: int) -> list[int]:
@@ -81,7 +58,7 @@ def _group(pgid: int) -> list[int]:
     found = []
     for proc in psutil.process_iter(["pid"]):
         try:
-            if os.getpgid(proc.pid) == pgid and _alive(proc.pid):
+            if os.getpgid(proc.pid) == pgid and alive(proc.pid):
                 found.append(proc.pid)
         except (ProcessLookupError, psutil.NoSuchProcess):
             continue
@@ -92,11 +69,11 @@ def _assert_all_gone(pgid: int, workers: list[int]) -> float:
     """Seconds until neither the group nor a recorded worker has a live process."""
     start = time.monotonic()
     while time.monotonic() - start < GRACE_S:
-        left = set(_group(pgid)) | {pid for pid in workers if _alive(pid)}
+        left = set(_group(pgid)) | {pid for pid in workers if alive(pid)}
         if not left:
             return time.monotonic() - start
         time.sleep(0.1)
-    left = set(_group(pgid)) | {pid for pid in workers if _alive(pid)}
+    left = set(_group(pgid)) | {pid for pid in workers if alive(pid)}
     raise AssertionError(f"processes still alive {GRACE_S} s after the run died: "
                          f"{[(p, psutil.Process(p).cmdline()) for p in left]}")
 
@@ -111,8 +88,8 @@ def _journal(store: Path) -> dict:
     return doc
 
 
-def test_sigkill_during_an_update_leaves_no_worker(tmp_path, cif):
-    process, workers, store = _start_mid_update(tmp_path, cif)
+def test_sigkill_during_an_update_leaves_no_worker(tmp_path, cu_cif):
+    process, workers, store = _start_mid_update(tmp_path, cu_cif)
     pgid = os.getpgid(process.pid)
     process.kill()
     process.wait(30)
@@ -122,9 +99,9 @@ def test_sigkill_during_an_update_leaves_no_worker(tmp_path, cif):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_sigterm_and_sigint_stop_the_workers_and_resume_finishes_the_run(tmp_path, cif,
+def test_sigterm_and_sigint_stop_the_workers_and_resume_finishes_the_run(tmp_path, cu_cif,
                                                                          signum):
-    process, workers, store = _start_mid_update(tmp_path, cif)
+    process, workers, store = _start_mid_update(tmp_path, cu_cif)
     pgid = os.getpgid(process.pid)
     if signum == signal.SIGINT:
         os.killpg(pgid, signum)  # Ctrl-C in a terminal: the whole foreground group
@@ -143,11 +120,11 @@ def test_sigterm_and_sigint_stop_the_workers_and_resume_finishes_the_run(tmp_pat
     assert journal["state"] == "interrupted"
 
     status = subprocess.run([sys.executable, "-m", "atomate2_otf.cli", "status", "--store",
-                             str(store), "--json"], cwd=ROOT, env=_env(), capture_output=True,
-                            text=True, timeout=120)
+                             str(store), "--json"], cwd=ROOT, env=subprocess_env(),
+                            capture_output=True, text=True, timeout=120)
     assert [row["state"] for row in json.loads(status.stdout)] == ["interrupted"]
     resumed = subprocess.run([sys.executable, "-m", "atomate2_otf.cli", "resume", "--store",
-                              str(store), "--json"], cwd=ROOT, env=_env(),
+                              str(store), "--json"], cwd=ROOT, env=subprocess_env(),
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     doc = json.loads(resumed.stdout)

@@ -1,0 +1,85 @@
+"""How long must an update be? (issue 14.5)
+
+The paper's update is 8 chains x 2000 SGHMC steps: 13-18 min for CHGNet on 2 CPU cores
+(benchmarks/chain_cost_ethanol.json). This script runs the ethanol experiment of
+``paper_table.py`` (300 K, K = 0.5 kcal/mol, confidence 0.95, GFN2-xTB labels) once per
+update length, and with ``--keep-mass`` also with the AMSGrad mass carried across updates,
+each in its own store, and reports per length:
+
+- reference calls (and per ps after the first), the share of calls with |error| > K;
+- the random-frame miss rate (frames of the run's trajectory labelled afterwards, scored by
+  the final ensemble) with its 95 % Wilson interval, and the untuned/fine-tuned RMSE ratio;
+- the wall time of the run and of its updates.
+
+The smallest length whose random-frame miss rate stays within the 95 % claim (the Wilson
+interval reaches 5 %) is the candidate default for CPU runs.
+
+Usage: python benchmarks/update_length.py [--lengths 100 250 500 1000 2000] [--keep-mass]
+       [--md-steps 1000] [--frames 100] [--model chgnet] [--stores benchmarks/update_length]
+       [--out benchmarks/update_length_chgnet.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import paper_table  # noqa: E402
+from report import print_markdown_table, write_report  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lengths", nargs="+", type=int, default=[100, 250, 500, 1000, 2000])
+    parser.add_argument("--keep-mass", action="store_true",
+                        help="also run every length with the mass carried across updates")
+    parser.add_argument("--model", default="chgnet")
+    parser.add_argument("--md-steps", type=int, default=1000)
+    parser.add_argument("--frames", type=int, default=100)
+    parser.add_argument("--chains", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--stores", type=Path, default=Path("benchmarks/update_length"))
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    out = args.out or Path(__file__).with_name(f"update_length_{args.model}.json")
+
+    from atomate2_otf.runtime import keep_freed_memory, silence_known_warnings
+
+    keep_freed_memory()
+    silence_known_warnings()
+    rows = []
+    for keep_mass in [False, True] if args.keep_mass else [False]:
+        for length in args.lengths:
+            tag = f"{length}{'-keep' if keep_mass else ''}"
+            run_args = paper_table.build_parser().parse_args([
+                "--model", args.model, "--md-steps", str(args.md_steps),
+                "--update-steps", str(length), "--initial-update-steps", str(2 * length),
+                "--chains", str(args.chains), "--workers", str(args.workers),
+                "--frames", str(args.frames), "--store", str(args.stores / tag),
+                *(["--keep-mass"] if keep_mass else [])])
+            run_args.quiet = True
+            row, _, doc = paper_table.experiment(run_args)
+            rows.append(row)
+            print(f"{tag}: {row['reference_calls']} calls, miss "
+                  f"{100 * row['frame_miss_rate']:.1f} %, {row['wall_s']['run'] / 60:.1f} min",
+                  flush=True)
+    print_markdown_table(
+        ["update steps", "keep mass", "calls (per ps)", "calls above K",
+         "random frames above K (95 % CI)", "untuned/tuned RMSE", "run min", "updates min"],
+        [[r["update_steps"], r["keep_mass"],
+          f"{r['reference_calls']} ({r['calls_per_ps']:.0f})",
+          f"{100 * r['share_calls_above_k']:.1f} %",
+          f"{100 * r['frame_miss_rate']:.1f} % ({100 * r['frame_miss_rate_wilson95'][0]:.1f}-"
+          f"{100 * r['frame_miss_rate_wilson95'][1]:.1f})",
+          f"{r['untuned_over_finetuned_rmse']:.1f}", f"{r['wall_s']['run'] / 60:.1f}",
+          f"{r['run_timings_s']['update'] / 60:.1f}"] for r in rows])
+    meta = {"machine": platform.node(), "settings": {k: str(v) for k, v in vars(args).items()}}
+    write_report(out, meta, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

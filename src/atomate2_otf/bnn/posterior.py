@@ -514,7 +514,8 @@ class Posterior:
         """The age to give a mass carried in a format 1-2 checkpoint, whose ``v_hat`` is the
         max of the bias-corrected moment over the last update and whose age was not kept:
         that update's length, so that ``v_hat * (1 - beta^age)`` approximates the raw max
-        (exact for a moment that stopped growing; keep_mass was never the default)."""
+        (an approximation: the step at which the old max was reached is not stored;
+        keep_mass was never the default)."""
         return int(self.config.sghmc.n_steps)
 
     # -- serialisation --------------------------------------------------------------------

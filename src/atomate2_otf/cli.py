@@ -258,15 +258,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _launchpad(path: str):
-    """The launchpad of ``--launchpad``; FireWorks logs to stdout, which must stay clean
-    for ``--json``, so its log handler is created pointing at stderr."""
-    import contextlib
-
+    """The launchpad of ``--launchpad``. FireWorks logs to stdout; inside
+    :func:`command_stdout` that is stderr, so its log handler is created pointing there."""
     from atomate2_otf.fireworks import load_launchpad
 
     try:
-        with contextlib.redirect_stdout(sys.stderr):
-            return load_launchpad(path)
+        return load_launchpad(path)
     except ValueError as err:
         raise UsageError(str(err)) from err
 

@@ -44,6 +44,15 @@ TRIM_ABOVE = 1024 * 2**20
 MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 
 
+def c_library() -> ctypes.CDLL | None:
+    """This process's C library, for the few calls Python has no wrapper for (mallopt,
+    prctl); None where it cannot be loaded."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:  # pragma: no cover - no loadable C library
+        return None
+
+
 def keep_freed_memory(block_limit: int = KEEP_BLOCKS_BELOW,
                       trim_above: int = TRIM_ABOVE) -> bool:
     """Make glibc's malloc reuse freed blocks instead of handing them back to the OS.
@@ -69,10 +78,8 @@ def keep_freed_memory(block_limit: int = KEEP_BLOCKS_BELOW,
     if any(name in os.environ for name in MALLOC_ENV):
         logger.debug("malloc left as set by %s", [n for n in MALLOC_ENV if n in os.environ])
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # pragma: no cover - a libc without mallopt
+    mallopt = getattr(c_library(), "mallopt", None)
+    if mallopt is None:  # pragma: no cover - a libc without mallopt
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int

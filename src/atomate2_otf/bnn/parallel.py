@@ -12,8 +12,6 @@ exactly the code of :meth:`Posterior.run_chain` and the samples equal the serial
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import logging
 import multiprocessing as mp
 import os
@@ -27,6 +25,8 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from atomate2_otf.runtime import c_library
 
 if TYPE_CHECKING:
     from atomate2_otf.bnn.data import StructureRecord
@@ -51,9 +51,9 @@ def _die_with_parent(parent_pid: int) -> None:
     A worker of a killed run would otherwise wait on its task pipe for ever, holding its
     model (~1 GB for a large model). Without prctl (other systems) the worker's liveness
     checks alone end it, within about a second of its next check."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    prctl = getattr(c_library(), "prctl", None)
+    if prctl is not None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(1)
 

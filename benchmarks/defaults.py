@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                    **{f"{s}_E": r["energy_ratio"] for s, r in per_system.items()},
                    **{f"{s}_F": r["force_ratio"] for s, r in per_system.items()}}
             rows.append(row)
+            write_report(args.out, {"partial": True}, rows)  # a killed grid keeps its rows
             print(f"{name} sigma_TL {sigma_tl} gamma_0 {step_size}: score {score:.3f} "
                   f"({row['seconds']:.0f} s)", flush=True)
         best = min((r for r in rows if r["model"] == name), key=lambda r: r["score"])

@@ -14,14 +14,20 @@ each in its own store, and reports per length:
 The smallest length whose random-frame miss rate stays within the 95 % claim (the Wilson
 interval reaches 5 %) is the candidate default for CPU runs.
 
+A row already measured by ``paper_table.py`` with the same model, MD length, chains and
+number of frames (its JSON, ``--include``) is taken as it is instead of being run again;
+the run of each length costs up to hours on 2 CPU cores.
+
 Usage: python benchmarks/update_length.py [--lengths 100 250 500 1000 2000] [--keep-mass]
        [--md-steps 1000] [--frames 100] [--model chgnet] [--stores benchmarks/update_length]
+       [--include benchmarks/paper_table_chgnet.json]
        [--out benchmarks/update_length_chgnet.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import sys
 from pathlib import Path
@@ -29,6 +35,21 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import paper_table  # noqa: E402
 from report import print_markdown_table, write_report  # noqa: E402
+
+
+def included_rows(args: argparse.Namespace) -> dict[tuple[int, bool], dict]:
+    """Rows of earlier JSON reports run with this model, MD length, chains and frames, keyed
+    by (update steps, keep mass); only those whose initial update is twice the update, as
+    here."""
+    found = {}
+    for path in args.include:
+        for row in json.loads(path.read_text())["rows"]:
+            same = (row.get("model") == args.model and row["md_steps"] == args.md_steps
+                    and row["chains"] == args.chains and row["n_frames"] == args.frames
+                    and row["initial_update_steps"] == 2 * row["update_steps"])
+            if same:
+                found[(row["update_steps"], bool(row.get("keep_mass")))] = row
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chains", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--stores", type=Path, default=Path("benchmarks/update_length"))
+    parser.add_argument("--include", nargs="*", type=Path, default=[],
+                        help="paper_table/update_length JSON whose matching rows are reused")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     out = args.out or Path(__file__).with_name(f"update_length_{args.model}.json")
@@ -51,9 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()
     silence_known_warnings()
     rows = []
+    measured = included_rows(args)
     for keep_mass in [False, True] if args.keep_mass else [False]:
         for length in args.lengths:
             tag = f"{length}{'-keep' if keep_mass else ''}"
+            if (length, keep_mass) in measured:
+                rows.append(measured[(length, keep_mass)])
+                print(f"{tag}: reused from --include", flush=True)
+                continue
             run_args = paper_table.build_parser().parse_args([
                 "--model", args.model, "--md-steps", str(args.md_steps),
                 "--update-steps", str(length), "--initial-update-steps", str(2 * length),
@@ -61,8 +89,9 @@ def main(argv: list[str] | None = None) -> int:
                 "--frames", str(args.frames), "--store", str(args.stores / tag),
                 *(["--keep-mass"] if keep_mass else [])])
             run_args.quiet = True
-            row, _, doc = paper_table.experiment(run_args)
+            row, _, _ = paper_table.experiment(run_args)
             rows.append(row)
+            write_report(out, {"partial": True}, rows)  # a killed sweep keeps its rows
             print(f"{tag}: {row['reference_calls']} calls, miss "
                   f"{100 * row['frame_miss_rate']:.1f} %, {row['wall_s']['run'] / 60:.1f} min",
                   flush=True)

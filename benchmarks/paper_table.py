@@ -58,7 +58,7 @@ def run_otf(args: argparse.Namespace):
     from ase.build import molecule
 
     from atomate2_otf.flows import OTFMDMaker
-    from atomate2_otf.jobs import read_run_doc
+    from atomate2_otf.results import read_run_doc
     from atomate2_otf.local import resume_runs, run_flow_locally
     from atomate2_otf.reference.makers import get_reference_maker
     from atomate2_otf.store import open_job_store

@@ -194,7 +194,7 @@ def run_flow(maker, structure: Any, store_spec: str, verbose: bool = False,
 
 
 def _run_and_read(flow, store, store_spec: str, jobs_dir: Path, **journal_fields: Any):
-    from atomate2_otf.jobs import read_run_doc
+    from atomate2_otf.results import read_run_doc
     from atomate2_otf.local import run_flow_locally
 
     try:
@@ -371,7 +371,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from atomate2_otf.jobs import read_run_doc
+    from atomate2_otf.results import read_run_doc
     from atomate2_otf.local import resume_runs
 
     store = _open_store(args.store, must_exist=True)

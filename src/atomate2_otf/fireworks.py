@@ -133,7 +133,7 @@ def submit_flow(flow: Flow | Job, launchpad: LaunchPad, store: JobStore | None =
     say; None leaves the choice to each worker's ``JOB_STORE`` setting. ``metadata`` (e.g.
     formula, source id) tags the workflow, so ``lpad get_wflows -q`` can find a run; the
     flow's output uuid is added as ``otf_output_uuid``, the key that
-    :func:`atomate2_otf.jobs.read_run_doc` needs to read the finished run document.
+    :func:`atomate2_otf.results.read_run_doc` needs to read the finished run document.
     """
     from jobflow.managers.fireworks import flow_to_workflow
 

@@ -229,7 +229,7 @@ def check_short_emt_otf_run(loader: str, model_kwargs: dict, store, work_dir) ->
     from ase.build import bulk
 
     from atomate2_otf.flows import OTFMDMaker
-    from atomate2_otf.jobs import read_run_doc
+    from atomate2_otf.results import read_run_doc
     from atomate2_otf.local import run_flow_locally
     from atomate2_otf.reference.makers import EMTStaticMaker
     from atomate2_otf.schemas import OTFRunDoc

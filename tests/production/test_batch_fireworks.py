@@ -15,7 +15,7 @@ from ase.build import bulk, molecule
 from ase.io import write
 
 from atomate2_otf.fireworks import DEFAULT_WORKER_CATEGORIES, load_launchpad
-from atomate2_otf.jobs import read_run_doc
+from atomate2_otf.results import read_run_doc
 from atomate2_otf.store import open_job_store
 from tests import fw_workers
 from tests.production.test_cli_production import RUN_OPTIONS, cli

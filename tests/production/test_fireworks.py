@@ -24,7 +24,7 @@ from atomate2_otf.fireworks import (
     submit_flow,
 )
 from atomate2_otf.flows import OTFMDMaker
-from atomate2_otf.jobs import read_run_doc, run_calls
+from atomate2_otf.results import read_run_doc, run_calls
 from atomate2_otf.schemas import OTFRunDoc
 from atomate2_otf.store import list_checkpoints
 from tests import fw_workers

@@ -51,7 +51,7 @@ def toy_flow(n_steps: int = 30, seed: int = 0):
 
 
 def run_doc(store, flow):
-    from atomate2_otf.jobs import read_run_doc
+    from atomate2_otf.results import read_run_doc
 
     doc = read_run_doc(store, flow.output.uuid)
     assert doc is not None, "the run did not store its OTFRunDoc"

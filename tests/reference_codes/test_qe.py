@@ -17,7 +17,7 @@ from jobflow import run_locally
 from pymatgen.io.ase import AseAtomsAdaptor
 
 from atomate2_otf.flows import OTFMDMaker
-from atomate2_otf.jobs import read_run_doc
+from atomate2_otf.results import read_run_doc
 from atomate2_otf.reference import get_reference_maker, label_from_output
 from atomate2_otf.reference.qe import (
     DEBIAN_PSEUDO_DIR,

@@ -20,7 +20,7 @@ from pymatgen.io.ase import AseAtomsAdaptor
 
 from atomate2_otf.bnn.posterior import Posterior
 from atomate2_otf.flows import OTFMDMaker
-from atomate2_otf.jobs import read_run_doc
+from atomate2_otf.results import read_run_doc
 from atomate2_otf.reference.retry import (
     ReferenceCalculationError,
     RetryingGFN2xTBStaticMaker,

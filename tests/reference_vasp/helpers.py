@@ -58,7 +58,7 @@ def run_otf(maker, structure, store, root_dir):
     """Run an on-the-fly flow under run_locally, each job in its own folder; the OTFRunDoc."""
     from jobflow import run_locally
 
-    from atomate2_otf.jobs import read_run_doc
+    from atomate2_otf.results import read_run_doc
 
     flow = maker.make(structure)
     run_locally(flow, store=store, root_dir=root_dir, create_folders=True, log=False,

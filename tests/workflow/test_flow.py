@@ -6,7 +6,7 @@ from ase.build import bulk, molecule
 from jobflow import run_locally
 
 from atomate2_otf.flows import OTFMDMaker, ensemble_calculator
-from atomate2_otf.jobs import read_run_doc
+from atomate2_otf.results import read_run_doc
 from atomate2_otf.reference.makers import EMTStaticMaker
 from atomate2_otf.schemas import OTFRunDoc
 from atomate2_otf.store import list_checkpoints, load_checkpoint

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from atomate2_otf.jobs import read_run_doc
+from atomate2_otf.results import read_run_doc
 from atomate2_otf.local import resume_runs, run_flow_locally, unfinished_runs
 from tests.crash_points import copper, open_store, toy_run_maker
 

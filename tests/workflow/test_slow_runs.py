@@ -5,7 +5,7 @@ import resource
 import pytest
 from jobflow import run_locally
 
-from atomate2_otf.jobs import read_run_doc
+from atomate2_otf.results import read_run_doc
 
 pytestmark = pytest.mark.slow
 

@@ -6,6 +6,7 @@ so that `bnn/` stays free of atomistic libraries.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -14,6 +15,7 @@ from atomate2_otf.bnn.data import StructureRecord
 
 if TYPE_CHECKING:
     from ase import Atoms
+    from pymatgen.core import Molecule, Structure
 
 
 def record_from_atoms(atoms: Atoms, *, with_labels: bool = False) -> StructureRecord:
@@ -71,3 +73,36 @@ def labelled_md_frames(atoms: Atoms, calculator, n_frames: int, every: int,
         dyn.run(every)
         frames.append(record_from_atoms(atoms, with_labels=True))
     return frames
+
+
+def to_atoms(structure: Structure | Molecule | Atoms | str | Path) -> Atoms:
+    """ASE atoms from a pymatgen Structure/Molecule, ASE Atoms or a structure file.
+
+    A file that is missing or does not parse raises ValueError naming it.
+    """
+    from ase import Atoms
+
+    if isinstance(structure, Atoms):
+        return structure.copy()
+    if isinstance(structure, str | Path):
+        path = Path(structure).expanduser()
+        if not path.is_file():
+            raise ValueError(f"structure file {str(path)!r} does not exist or is not a file")
+        from ase.io import read
+
+        try:
+            atoms = read(str(path))
+        except Exception as err:  # ASE raises many kinds; the user needs the file and why
+            raise ValueError(f"could not read structure file {str(path)!r}: {err}") from err
+        return atoms if isinstance(atoms, Atoms) else atoms[-1]
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    return AseAtomsAdaptor.get_atoms(structure)
+
+
+def to_pymatgen(atoms: Atoms) -> Structure | Molecule:
+    """Structure for fully periodic atoms, Molecule otherwise (what atomate2 Makers take)."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    return (AseAtomsAdaptor.get_structure(atoms) if atoms.pbc.all()
+            else AseAtomsAdaptor.get_molecule(atoms))

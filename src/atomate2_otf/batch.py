@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from jobflow import Flow, Maker
 
-from atomate2_otf.flows import OTFMDMaker, to_atoms
+from atomate2_otf.atoms import to_atoms
+from atomate2_otf.flows import OTFMDMaker
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping

@@ -194,8 +194,8 @@ def run_flow(maker, structure: Any, store_spec: str, verbose: bool = False,
 
 
 def _run_and_read(flow, store, store_spec: str, jobs_dir: Path, **journal_fields: Any):
-    from atomate2_otf.results import read_run_doc
     from atomate2_otf.local import run_flow_locally
+    from atomate2_otf.results import read_run_doc
 
     try:
         run_flow_locally(flow, store, root_dir=jobs_dir, create_folders=True,
@@ -295,7 +295,7 @@ def _categories(args: argparse.Namespace) -> dict[str, str] | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from atomate2_otf.flows import to_atoms
+    from atomate2_otf.atoms import to_atoms
 
     maker = _otf_maker(args)
     try:
@@ -371,8 +371,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from atomate2_otf.results import read_run_doc
     from atomate2_otf.local import resume_runs
+    from atomate2_otf.results import read_run_doc
 
     store = _open_store(args.store, must_exist=True)
     try:
@@ -410,7 +410,7 @@ def status_rows(store, launchpad=None) -> list[dict[str, Any]]:
     failed, or interrupted (journalled as running by a process that is gone: resume them).
     With ``launchpad``, submitted runs take their state from their Fireworks.
     """
-    from atomate2_otf.local import _owner_alive, journal_store
+    from atomate2_otf.local import journal_store, owner_alive
 
     rows: dict[str, dict[str, Any]] = {}
 
@@ -446,7 +446,7 @@ def status_rows(store, launchpad=None) -> list[dict[str, Any]]:
         if row["state"] == "completed":
             continue
         state = journal.get("state", "running")
-        if state == "running" and not _owner_alive(journal):
+        if state == "running" and not owner_alive(journal):
             state = "interrupted"
         if state == "submitted" and launchpad is not None and journal.get("fw_ids"):
             state = _fireworks_state(launchpad, journal["fw_ids"])

@@ -11,7 +11,7 @@ This is the way atomate2 users run flows on clusters (jobflow's ``flow_to_workfl
   DEFAULT_WORKER_CATEGORIES)`` sends reference calculations to CPU workers
   (``examples/my_fworker_cpu.yaml``) and MD segments, posterior updates and the initial
   preparation to GPU workers (``examples/my_fworker_gpu.yaml``), including the jobs each
-  segment creates at run time (see :func:`atomate2_otf.jobs.route_segment`).
+  segment creates at run time (see :func:`atomate2_otf.jobflow_compat.route_segment`).
 
 Workers are ordinary ``rlaunch -l my_launchpad.yaml -w my_fworker_gpu.yaml rapidfire``
 processes. Because a run's jobs appear one cycle at a time, a worker for one category

@@ -15,19 +15,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from jobflow import Flow, Maker, Response, job
 
+from atomate2_otf.atoms import to_atoms, to_pymatgen
 from atomate2_otf.bnn.calibration import check_confidence, check_threshold
 from atomate2_otf.bnn.prior import check_sigma_tl
-from atomate2_otf.jobs import (
+from atomate2_otf.jobflow_compat import (
     STORE_CONFIG,
-    RunConfig,
     check_worker_categories,
     current_store,
-    load_posterior,
-    md_segment,
-    prepare_run,
     route_segment,
     route_to_category,
 )
+from atomate2_otf.jobs import RunConfig, load_posterior, md_segment, prepare_run
 from atomate2_otf.models.base import check_model_name
 from atomate2_otf.reference.makers import reference_names
 from atomate2_otf.reference.retry import RetryingGFN2xTBStaticMaker
@@ -44,39 +42,6 @@ if TYPE_CHECKING:
 
 #: the paper's ethanol threshold, 0.5 kcal/mol, in eV
 PAPER_ETHANOL_K = 0.5 * EV_PER_KCAL_MOL
-
-
-def to_atoms(structure: Structure | Molecule | Atoms | str | Path) -> Atoms:
-    """ASE atoms from a pymatgen Structure/Molecule, ASE Atoms or a structure file.
-
-    A file that is missing or does not parse raises ValueError naming it.
-    """
-    from ase import Atoms
-
-    if isinstance(structure, Atoms):
-        return structure.copy()
-    if isinstance(structure, str | Path):
-        path = Path(structure).expanduser()
-        if not path.is_file():
-            raise ValueError(f"structure file {str(path)!r} does not exist or is not a file")
-        from ase.io import read
-
-        try:
-            atoms = read(str(path))
-        except Exception as err:  # ASE raises many kinds; the user needs the file and why
-            raise ValueError(f"could not read structure file {str(path)!r}: {err}") from err
-        return atoms if isinstance(atoms, Atoms) else atoms[-1]
-    from pymatgen.io.ase import AseAtomsAdaptor
-
-    return AseAtomsAdaptor.get_atoms(structure)
-
-
-def to_pymatgen(atoms: Atoms) -> Structure | Molecule:
-    """Structure for fully periodic atoms, Molecule otherwise (what atomate2 Makers take)."""
-    from pymatgen.io.ase import AseAtomsAdaptor
-
-    return (AseAtomsAdaptor.get_structure(atoms) if atoms.pbc.all()
-            else AseAtomsAdaptor.get_molecule(atoms))
 
 
 def scaled_noise_schedule(n_steps: int) -> dict[str, int]:

@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
+from atomate2_otf.jobflow_compat import is_store_inputs
+
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
@@ -197,7 +199,7 @@ def _run_queue(jobs: list[Job], store: JobStore, run_id: str,
             # output) resolves nothing, so it runs first: left for later, as run_locally
             # leaves it, one per cycle would pile up in the queue and in every journal
             # write (a thousand cycles made each write a thousand jobs long)
-            follow.sort(key=lambda new_job: not _is_store_inputs(new_job))
+            follow.sort(key=lambda new_job: not is_store_inputs(new_job))
             queue.extendleft(reversed(follow))
             if journal is not None:
                 journal.write("running", queue)
@@ -220,15 +222,7 @@ def _run_queue(jobs: list[Job], store: JobStore, run_id: str,
     return n_run
 
 
-def _is_store_inputs(job: Job) -> bool:
-    """jobflow's ``store_inputs`` job: it stores its input reference unresolved."""
-    function = getattr(job.function, "__wrapped__", job.function)
-    return getattr(function, "__name__", "") == "store_inputs" and \
-        getattr(function, "__module__", "") == "jobflow.core.job" and \
-        not job.config.resolve_references
-
-
-def _owner_alive(doc: dict[str, Any]) -> bool:
+def owner_alive(doc: dict[str, Any]) -> bool:
     """Whether the process that last wrote the journal still runs (same host only)."""
     if doc.get("host") != socket.gethostname() or not doc.get("pid"):
         return False
@@ -293,7 +287,7 @@ def resume_runs(store: JobStore, root_dir: str | Path | None = None,
             continue
         if doc["state"] == "failed" and not retry_failed:
             continue
-        if doc["state"] == "running" and _owner_alive(doc):
+        if doc["state"] == "running" and owner_alive(doc):
             outcomes.append(ResumeOutcome(run_id, "skipped", doc.get("output_uuid"),
                                           error=f"still running as pid {doc['pid']}"))
             continue

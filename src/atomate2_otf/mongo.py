@@ -216,7 +216,7 @@ def retrying(store: Store, fn: Callable[..., T], *args: Any, what: str | None = 
     return fn(*args, **kwargs)
 
 
-def _is_mongo(store: Store) -> bool:
+def is_mongo(store: Store) -> bool:
     from maggma.stores import GridFSStore, MemoryStore, MongoStore
 
     return isinstance(store, MongoStore | GridFSStore) and not isinstance(store, MemoryStore)
@@ -224,10 +224,10 @@ def _is_mongo(store: Store) -> bool:
 
 def wrap_mongo_stores(job_store: JobStore, **retry: Any) -> JobStore:
     """Wrap the JobStore's MongoDB/GridFS stores (docs and additional) in RetryingStore."""
-    if _is_mongo(job_store.docs_store):
+    if is_mongo(job_store.docs_store):
         job_store.docs_store = RetryingStore(job_store.docs_store, **retry)
     for name, extra in list(job_store.additional_stores.items()):
-        if _is_mongo(extra):
+        if is_mongo(extra):
             job_store.additional_stores[name] = RetryingStore(extra, **retry)
     return job_store
 
@@ -293,7 +293,7 @@ def check_reachable(job_store: JobStore, source: str, timeout_s: float = 5.0) ->
     stores = [job_store.docs_store, *job_store.additional_stores.values()]
     seen: set[str] = set()
     for store in (unwrap(s) for s in stores):
-        if not _is_mongo(store):
+        if not is_mongo(store):
             continue
         where, args, database = _address(store)
         if repr(sorted(args.items())) in seen:
@@ -317,3 +317,36 @@ def check_reachable(job_store: JobStore, source: str, timeout_s: float = 5.0) ->
                 f"host/port in {source}.") from error
         finally:
             client.close()
+
+
+# maggma's GridFSStore has no public handle to its GridFS bucket and files collection
+# (``_collection``, ``_files_collection``); this module is the one place that uses them.
+def gridfs_put_raw(fs_store: Any, meta: dict[str, Any], blob: bytes) -> None:
+    """One GridFS file holding the raw bytes (maggma's update would JSON-encode them);
+    then drop older files of the same key, as GridFSStore.update does (a retried write
+    leaves no duplicate)."""
+    fs = fs_store._collection
+    fs.put(blob, metadata=meta)
+    files = fs_store._files_collection
+    for old in files.find({"metadata._key": meta["_key"]}, ["_id"]).sort(
+            "uploadDate", -1).skip(1):
+        fs.delete(old["_id"])
+
+
+def gridfs_get_raw(fs_store: Any, key: str) -> bytes | None:
+    """The newest GridFS file of ``key``: raw bytes, or maggma's JSON/base64 encoding."""
+    import base64
+    import json
+    import zlib
+
+    files = list(fs_store._files_collection.find({"metadata._key": key}).sort(
+        "uploadDate", -1).limit(1))
+    if not files:
+        return None
+    meta = files[0].get("metadata", {})
+    data = fs_store._collection.get(files[0]["_id"]).read()
+    if meta.get("encoding") == "raw":
+        return data
+    if meta.get("compression") == "zlib":  # written by GridFSStore.update (older versions)
+        data = zlib.decompress(data)
+    return base64.b64decode(json.loads(data)["data"])

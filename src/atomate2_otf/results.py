@@ -34,13 +34,11 @@ def summarise_run(store: JobStore, cfg: RunConfig, final_state: dict[str, Any],
                   checkpoint: str, final_md_s: float = 0.0,
                   total_s: float | None = None) -> OTFRunDoc:
     """The OTFRunDoc of a run from its records in the store."""
-    from pymatgen.io.ase import AseAtomsAdaptor
-
+    from atomate2_otf.atoms import to_pymatgen
     from atomate2_otf.md.state import MDState
 
     atoms = MDState.from_dict(final_state).to_atoms()
-    structure = (AseAtomsAdaptor.get_structure(atoms) if atoms.pbc.all()
-                 else AseAtomsAdaptor.get_molecule(atoms))
+    structure = to_pymatgen(atoms)
     calls = run_calls(store, cfg.run_id)
     posterior_offset = None
     if calls:

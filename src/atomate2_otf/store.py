@@ -134,16 +134,16 @@ def open_job_store(spec: str | Path, check_timeout_s: float = 5.0) -> JobStore:
 
 def _ensure_indexes(job_store: JobStore) -> None:
     """Indexes the package's queries use (no-ops on the embedded store, which has them)."""
-    from atomate2_otf.mongo import _is_mongo, unwrap
+    from atomate2_otf.mongo import is_mongo, unwrap
 
-    if not _is_mongo(unwrap(job_store.docs_store)):
+    if not is_mongo(unwrap(job_store.docs_store)):
         return
     for field in ("uuid", "metadata.otf_run_id", "metadata.otf_kind"):
         job_store.docs_store.ensure_index(field)
     for name, fields in ((CHECKPOINT_STORE, ("_key", "run_id")),
                          (TRAJECTORY_STORE, ("_key", "run_id")), (RUNS_STORE, ("run_id",))):
         extra = job_store.additional_stores.get(name)
-        if extra is not None and _is_mongo(unwrap(extra)):
+        if extra is not None and is_mongo(unwrap(extra)):
             for field in fields:
                 extra.ensure_index(field)
 
@@ -182,38 +182,9 @@ def _backend(store: Store) -> str:
     return "base64"
 
 
-def _gridfs_put(fs_store: Any, meta: dict[str, Any], blob: bytes) -> None:
-    """One GridFS file holding the raw bytes (maggma's update would JSON-encode them);
-    then drop older files of the same key, as GridFSStore.update does (a retried write
-    leaves no duplicate)."""
-    fs = fs_store._collection
-    fs.put(blob, metadata=meta)
-    files = fs_store._files_collection
-    for old in files.find({"metadata._key": meta["_key"]}, ["_id"]).sort(
-            "uploadDate", -1).skip(1):
-        fs.delete(old["_id"])
-
-
-def _gridfs_get(fs_store: Any, key: str) -> bytes | None:
-    import json
-    import zlib
-
-    files = list(fs_store._files_collection.find({"metadata._key": key}).sort(
-        "uploadDate", -1).limit(1))
-    if not files:
-        return None
-    meta = files[0].get("metadata", {})
-    data = fs_store._collection.get(files[0]["_id"]).read()
-    if meta.get("encoding") == "raw":
-        return data
-    if meta.get("compression") == "zlib":  # written by GridFSStore.update (older versions)
-        data = zlib.decompress(data)
-    return base64.b64decode(json.loads(data)["data"])
-
-
 def save_checkpoint(store: JobStore, run_id: str, index: int, blob: bytes) -> str:
     """Write the posterior bytes of checkpoint ``index``; return its key."""
-    from atomate2_otf.mongo import retrying, unwrap
+    from atomate2_otf.mongo import gridfs_put_raw, retrying, unwrap
 
     key = checkpoint_key(run_id, index)
     extra = _additional(store, CHECKPOINT_STORE, True)
@@ -221,7 +192,7 @@ def save_checkpoint(store: JobStore, run_id: str, index: int, blob: bytes) -> st
             "created": datetime.now(timezone.utc).isoformat()}
     backend = _backend(extra)
     if backend == "gridfs":
-        retrying(extra, _gridfs_put, unwrap(extra), {**meta, "encoding": "raw"}, bytes(blob),
+        retrying(extra, gridfs_put_raw, unwrap(extra), {**meta, "encoding": "raw"}, bytes(blob),
                  what="save_checkpoint")
     elif backend == "sqlite":
         extra.update([{**meta, "encoding": "raw", "data": bytes(blob)}], key="_key")
@@ -233,11 +204,11 @@ def save_checkpoint(store: JobStore, run_id: str, index: int, blob: bytes) -> st
 
 def load_checkpoint(store: JobStore, key: str) -> bytes:
     """The posterior bytes saved under ``key``; a clear error if retention removed them."""
-    from atomate2_otf.mongo import retrying, unwrap
+    from atomate2_otf.mongo import gridfs_get_raw, retrying, unwrap
 
     extra = _additional(store, CHECKPOINT_STORE, True)
     if _backend(extra) == "gridfs":
-        blob = retrying(extra, _gridfs_get, unwrap(extra), key, what="load_checkpoint")
+        blob = retrying(extra, gridfs_get_raw, unwrap(extra), key, what="load_checkpoint")
     else:
         doc = extra.query_one({"_key": key})
         blob = None if doc is None else doc["data"]

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from atomate2_otf.bnn.calibration import GammaCalibration, needs_label
+from atomate2_otf.bnn.calibration import GammaCalibration
+from atomate2_otf.md.trigger import CalibratedTrigger
 
 
 def test_update_gives_conjugate_posterior_exactly():
@@ -56,8 +57,16 @@ def test_ema_forgets_old_evidence():
 
 
 def test_trigger():
-    assert needs_label(0.9, 0.95)
-    assert not needs_label(0.96, 0.95)
+    trigger = CalibratedTrigger(0.95)
+    assert trigger({"prob_within": 0.9})
+    assert not trigger({"prob_within": 0.96})
+    assert trigger.last == {"prob_within": 0.96}
+
+
+def test_trigger_every_nth_ignores_the_uncertainty():
+    trigger = CalibratedTrigger(0.95, every=3)
+    fired = [trigger({"prob_within": 0.0}) for _ in range(6)]
+    assert fired == [False, False, True, False, False, True]
 
 
 @pytest.mark.parametrize("kwargs, word", [
@@ -78,4 +87,4 @@ def test_bad_threshold(threshold):
 @pytest.mark.parametrize("confidence", [0.0, 1.0, 1.2, -0.1])
 def test_bad_confidence(confidence):
     with pytest.raises(ValueError, match=r"confidence.*between 0 and 1"):
-        needs_label(0.5, confidence)
+        CalibratedTrigger(confidence)

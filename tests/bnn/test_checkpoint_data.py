@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from atomate2_otf.bnn.data import StructureRecord
-from atomate2_otf.bnn.posterior import pack_records, unpack_records
+from atomate2_otf.bnn.checkpoint import pack_records, unpack_records
 
 
 def _records(n: int) -> list[StructureRecord]:

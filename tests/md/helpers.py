@@ -8,7 +8,8 @@ from ase.build import bulk
 from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.emt import EMT
 
-from atomate2_otf.md.label import Label
+from atomate2_otf.atoms import record_from_atoms
+from atomate2_otf.bnn.data import StructureRecord
 from atomate2_otf.md.segment import run_segment
 
 
@@ -57,10 +58,11 @@ def every_nth(n: int):
     return trigger
 
 
-def label_with(atoms: Atoms, calculator: Calculator) -> Label:
+def label_with(atoms: Atoms, calculator: Calculator) -> StructureRecord:
+    """``atoms`` labelled by ``calculator``, as the workflow labels a pending structure."""
     atoms = atoms.copy()
     atoms.calc = calculator
-    return Label.from_atoms(atoms)
+    return record_from_atoms(atoms, with_labels=True)
 
 
 def split_run(state, settings, trigger, labeller, roundtrip=None, max_segments=100):

@@ -5,12 +5,12 @@ import pytest
 from ase import Atoms
 
 from atomate2_otf.atoms import record_from_atoms
-from atomate2_otf.bnn.calibration import needs_label
 from atomate2_otf.bnn.data import StructureRecord
 from atomate2_otf.bnn.posterior import Posterior, PosteriorConfig
 from atomate2_otf.bnn.sghmc import SGHMCConfig
 from atomate2_otf.md.calculator import PosteriorCalculator
 from atomate2_otf.md.segment import MDSettings, initial_state, run_segment
+from atomate2_otf.md.trigger import CalibratedTrigger
 from tests.toy_model import ToyModel
 
 BASE = np.array([[0, 0, 0], [1.1, 0, 0], [0, 1.2, 0], [0, 0, 1.3], [1.0, 1.0, 1.0]])
@@ -90,12 +90,12 @@ def test_segment_with_the_posterior_triggers_on_low_confidence(posterior):
                           trajectory_interval=1)
     calc = PosteriorCalculator(posterior, threshold=0.03)
     state = initial_state(molecule(1), settings, seed=0)
-    confident = run_segment(state, calc, settings, trigger=lambda r: needs_label(
-        r["prob_within"], 0.01))
+    confident = run_segment(state, calc, settings, trigger=CalibratedTrigger(0.01))
     assert not confident.triggered and confident.n_steps_done == 5
     assert {"energy_std", "prob_within"} <= set(confident.trajectory[-1])
-    strict = run_segment(state, calc, settings, trigger=lambda r: needs_label(
-        r["prob_within"], 0.999999))
+    strict_trigger = CalibratedTrigger(0.999999)
+    strict = run_segment(state, calc, settings, trigger=strict_trigger)
     assert strict.triggered and strict.n_steps_done == 0
+    assert strict_trigger.last["prob_within"] < 0.999999  # it keeps what it fired on
     one_step = run_segment(state, calc, settings, max_steps=1).state
     np.testing.assert_array_equal(strict.pending.positions, one_step.positions)

@@ -5,7 +5,7 @@ import pytest
 from ase import units
 from ase.calculators.emt import EMT
 
-from atomate2_otf.md.label import Label
+from atomate2_otf.bnn.data import StructureRecord
 from atomate2_otf.md.segment import MDSettings, initial_state, run_segment
 from tests.md.helpers import ScaledEMT, cu_cell, label_with
 
@@ -83,8 +83,8 @@ def test_a_label_for_another_structure_is_refused():
     settings, start = _start("nvt")
     fired = run_segment(start, EMT(), settings, trigger=lambda results: True)
     label = label_with(fired.pending, EMT())
-    moved = Label(positions=label.positions + 1e-4, cell=label.cell, energy=label.energy,
-                  forces=label.forces)
+    moved = StructureRecord(label.numbers, label.positions + 1e-4, label.cell, label.pbc,
+                            energy=label.energy, forces=label.forces, stress=label.stress)
     with pytest.raises(ValueError, match="pending_label does not match"):
         run_segment(fired.state, EMT(), settings, pending_label=moved)
 
@@ -94,8 +94,8 @@ def test_npt_label_needs_stress():
     fired = run_segment(start, EMT(), settings, trigger=lambda results: True)
     label = label_with(fired.pending, EMT())
     assert label.stress is not None
-    no_stress = Label(positions=label.positions, cell=label.cell, energy=label.energy,
-                      forces=label.forces)
+    no_stress = StructureRecord(label.numbers, label.positions, label.cell, label.pbc,
+                                energy=label.energy, forces=label.forces)
     with pytest.raises(ValueError, match="stress"):
         run_segment(fired.state, EMT(), settings, pending_label=no_stress)
     redo = run_segment(fired.state, EMT(), settings, pending_label=label, max_steps=1).state
@@ -106,7 +106,28 @@ def test_label_dict_round_trip():
     settings, start = _start("nve")
     fired = run_segment(start, EMT(), settings, trigger=lambda results: True)
     label = label_with(fired.pending, EMT())
-    again = Label.from_dict(label.to_dict())
+    again = StructureRecord.from_dict(label.to_dict())
     np.testing.assert_array_equal(again.forces, label.forces)
     np.testing.assert_array_equal(again.stress, label.stress)
     assert again.energy == label.energy
+    assert again.calculator_results()["stress"].tolist() == \
+        label.calculator_results()["stress"].tolist()
+
+
+def test_an_unlabelled_structure_cannot_drive_the_redone_step():
+    settings, start = _start("nve")
+    fired = run_segment(start, EMT(), settings, trigger=lambda results: True)
+    label = label_with(fired.pending, EMT())
+    with pytest.raises(ValueError, match="no energy and forces"):
+        run_segment(fired.state, EMT(), settings, pending_label=label.unlabelled())
+
+
+def test_replayed_stress_is_ase_voigt_order():
+    """The replay hands ASE's Voigt stress (xx yy zz yz xz xy) to the integrator."""
+    from ase.stress import full_3x3_to_voigt_6_stress
+
+    stress = np.arange(9.0).reshape(3, 3)
+    record = StructureRecord([29], [[0.0, 0.0, 0.0]], np.eye(3) * 3.0, True, energy=1.0,
+                             forces=[[0.0, 0.0, 0.0]], stress=stress)
+    np.testing.assert_array_equal(record.calculator_results()["stress"],
+                                  full_3x3_to_voigt_6_stress(stress))

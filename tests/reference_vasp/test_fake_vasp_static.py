@@ -12,6 +12,7 @@ import pytest
 from ase.io import read
 from ase.units import GPa
 
+from atomate2_otf.atoms import record_from_atoms
 from atomate2_otf.reference import label_from_output
 from tests.fake_vasp import (
     FAKE_CUSTODIAN_KWARGS,
@@ -38,7 +39,7 @@ def test_static_job_labels_equal_emt(tmp_path):
     np.testing.assert_allclose(doc.output.forces, forces, atol=1e-6)
     # the TaskDoc keeps VASP's kbar (positive = compressive); the package reads it as ASE's
     np.testing.assert_allclose(doc.output.stress, -stress / (0.1 * GPa), atol=1e-6)
-    label = label_from_output(doc, len(atoms))
+    label = label_from_output(doc, record_from_atoms(atoms))
     assert abs(label.energy - energy) < 1e-6
     np.testing.assert_allclose(label.forces, forces, atol=1e-6)
     np.testing.assert_allclose(label.stress, stress, atol=1e-9)
@@ -49,7 +50,7 @@ def test_mixed_cell_forces_come_back_in_site_order(tmp_path):
     atoms.symbols[[1, 3]] = "Au"  # the order a sorted POSCAR would permute
     doc, _ = run_static(fake_vasp_maker(), atoms, tmp_path)
     energy, forces, _ = emt_values(atoms)
-    label = label_from_output(doc, len(atoms))
+    label = label_from_output(doc, record_from_atoms(atoms))
     assert abs(label.energy - energy) < 1e-6
     np.testing.assert_allclose(label.forces, forces, atol=1e-6)
 
@@ -75,7 +76,7 @@ def test_kbar_to_ase_stress_end_to_end(tmp_path, a, pressure_sign):
     np.testing.assert_allclose(from_outcar.get_stress(voigt=False), stress, atol=1e-6)
     np.testing.assert_allclose(from_outcar.get_forces(), emt_values(atoms)[1], atol=1e-5)
 
-    label = label_from_output(doc, len(atoms))
+    label = label_from_output(doc, record_from_atoms(atoms))
     np.testing.assert_allclose(label.stress, stress, atol=1e-9)
     np.testing.assert_allclose(label.stress, from_vasprun.get_stress(voigt=False), atol=1e-9)
 
@@ -149,7 +150,7 @@ def test_gfn1_xtb_option_labels_a_silicon_cell(tmp_path):
     atoms = bulk("Si", "diamond", a=5.43)
     atoms.rattle(0.02, seed=1)
     doc, _ = run_static(fake_vasp_maker(calculator="gfn1-xtb"), atoms, tmp_path)
-    label = label_from_output(doc, len(atoms))
+    label = label_from_output(doc, record_from_atoms(atoms))
     reference = atoms.copy()
     reference.calc = TBLite(method="GFN1-xTB", verbosity=0)
     assert abs(label.energy - reference.get_potential_energy()) < 1e-6

@@ -69,7 +69,8 @@ def test_batch_json(tmp_path, cu_cif):
 
 
 def test_resume_json_of_a_queued_run(tmp_path, cu_cif):
-    from atomate2_otf.flows import OTFMDMaker, to_atoms
+    from atomate2_otf.atoms import to_atoms
+    from atomate2_otf.flows import OTFMDMaker
     from atomate2_otf.local import register_run
     from atomate2_otf.reference.makers import get_reference_maker
     from atomate2_otf.store import open_job_store

@@ -9,7 +9,16 @@ from jobflow import run_locally
 from pymatgen.io.ase import AseAtomsAdaptor
 
 from atomate2_otf.reference import get_reference_maker, label_from_output, reference_names
-from atomate2_otf.reference.labels import ase_stress_to_kbar, kbar_to_ase_stress
+from atomate2_otf.atoms import record_from_atoms
+from atomate2_otf.bnn.data import StructureRecord
+from atomate2_otf.reference.labels import (
+    ase_stress_to_kbar,
+    elapsed_from_output,
+    kbar_to_ase_stress,
+)
+
+#: one atom in a periodic cell: a stress label is kept
+ONE_ATOM_CELL = StructureRecord([29], [[0.0, 0.0, 0.0]], np.eye(3) * 3.0, True)
 
 
 def _run(maker, structure):
@@ -37,7 +46,7 @@ def test_emt_maker_labels_equal_ase(tmp_path, monkeypatch):
     atoms = bulk("Cu", "fcc", a=3.55, cubic=True) * (2, 1, 1)
     atoms.rattle(0.05, seed=1)
     output = _run(get_reference_maker("emt"), AseAtomsAdaptor.get_structure(atoms))
-    label = label_from_output(output, len(atoms))
+    label = label_from_output(output, record_from_atoms(atoms))
     atoms.calc = EMT()
     assert abs(label.energy - atoms.get_potential_energy()) < 1e-10
     np.testing.assert_allclose(label.forces, atoms.get_forces(), atol=1e-10)
@@ -50,7 +59,7 @@ def test_gfn2_maker_labels_a_molecule_without_stress(tmp_path, monkeypatch):
 
     atoms = molecule("CH3CH2OH")
     output = _run(get_reference_maker("gfn2-xtb"), AseAtomsAdaptor.get_molecule(atoms))
-    label = label_from_output(output, len(atoms))
+    label = label_from_output(output, record_from_atoms(atoms))
     atoms.calc = TBLite(method="GFN2-xTB", verbosity=0)
     assert label.stress is None
     assert abs(label.energy - atoms.get_potential_energy()) < 1e-6
@@ -72,11 +81,32 @@ def test_unknown_reference_lists_the_accepted_ones():
 ])
 def test_bad_reference_output_is_refused_with_the_call_named(bad, message):
     with pytest.raises(ValueError, match=message) as info:
-        label_from_output(bad, 1, where="reference call 4 (MD step 120)")
+        label_from_output(bad, ONE_ATOM_CELL, where="reference call 4 (MD step 120)")
     assert "reference call 4 (MD step 120)" in str(info.value)
 
 
 def test_plain_dict_label_with_ase_stress():
     label = label_from_output({"energy": -1.0, "forces": [[0.1, 0.0, 0.0]],
-                               "stress": np.eye(3).tolist(), "stress_unit": "eV/A^3"}, 1)
+                               "stress": np.eye(3).tolist(), "stress_unit": "eV/A^3"}, ONE_ATOM_CELL)
     np.testing.assert_array_equal(label.stress, np.eye(3))
+    # the label is the structure it was asked for, labelled
+    np.testing.assert_array_equal(label.positions, ONE_ATOM_CELL.positions)
+    assert label.energy == -1.0
+
+
+def test_a_molecule_label_keeps_no_stress():
+    molecule = StructureRecord([1], [[0.0, 0.0, 0.0]])
+    label = label_from_output({"energy": -1.0, "forces": [[0.1, 0.0, 0.0]],
+                               "stress": np.eye(3).tolist(), "stress_unit": "eV/A^3"}, molecule)
+    assert label.stress is None and label.is_labelled
+
+
+@pytest.mark.parametrize("output, seconds", [
+    ({"energy": 1.0, "forces": [[0.0, 0.0, 0.0]], "elapsed_s": 2.5}, 2.5),
+    ({"energy": 1.0, "forces": [[0.0, 0.0, 0.0]]}, None),
+    ({"output": {"energy": 1.0, "forces": [[0.0, 0.0, 0.0]], "elapsed_time": 4.0}}, 4.0),
+    ({"output": {"energy": 1.0, "forces": [[0.0, 0.0, 0.0]]},
+      "run_stats": {"overall": {"elapsed_time": 7.0}}}, 7.0),
+])
+def test_reference_time_from_each_kind_of_output(output, seconds):
+    assert elapsed_from_output(output) == seconds

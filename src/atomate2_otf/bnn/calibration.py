@@ -144,8 +144,3 @@ class GammaCalibration:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GammaCalibration:
         return cls(**data)
-
-
-def needs_label(prob_within: float, confidence: float) -> bool:
-    """The trigger: label the structure when P(|e| < K) drops below the confidence level."""
-    return float(prob_within) < check_confidence(confidence)

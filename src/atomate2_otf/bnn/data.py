@@ -78,6 +78,26 @@ class StructureRecord:
         """The same atoms without labels (what a model is asked to predict)."""
         return StructureRecord(self.numbers, self.positions, self.cell, self.pbc)
 
+    def labelled(self, energy: float, forces: Any, stress: Any = None) -> StructureRecord:
+        """The same atoms with a reference's labels; a stress is kept for periodic cells only
+        (molecules carry none)."""
+        return StructureRecord(self.numbers, self.positions, self.cell, self.pbc,
+                               energy=energy, forces=forces,
+                               stress=stress if self.periodic else None)
+
+    def calculator_results(self) -> dict[str, Any]:
+        """The labels as an ASE calculator's results (stress in Voigt order xx yy zz yz xz
+        xy, symmetrised as ASE does), so that MD can replay them exactly."""
+        if not self.is_labelled:
+            raise ValueError("an unlabelled structure has no results to replay")
+        out: dict[str, Any] = {"energy": self.energy, "free_energy": self.energy,
+                               "forces": self.forces.copy()}
+        if self.stress is not None:
+            s = self.stress
+            out["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], (s[1, 2] + s[2, 1]) / 2,
+                                      (s[0, 2] + s[2, 0]) / 2, (s[0, 1] + s[1, 0]) / 2])
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         """Plain types only: safe for JSON, msgpack and ``torch.load(weights_only=True)``."""
         return {

@@ -30,7 +30,8 @@ from atomate2_otf.runtime import c_library
 
 if TYPE_CHECKING:
     from atomate2_otf.bnn.data import StructureRecord
-    from atomate2_otf.bnn.posterior import ChainOutput, Posterior
+    from atomate2_otf.bnn.ensemble import ChainOutput
+    from atomate2_otf.bnn.posterior import Posterior
     from atomate2_otf.bnn.sghmc import SGHMCConfig
     from atomate2_otf.models.base import FoundationModel
 

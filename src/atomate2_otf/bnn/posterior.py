@@ -10,11 +10,9 @@ random-number state. It knows nothing of ASE or workflows: structures arrive as
 from __future__ import annotations
 
 import hashlib
-import io
-import uuid
 import logging
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
@@ -23,70 +21,20 @@ import torch
 
 from atomate2_otf.bnn import sghmc
 from atomate2_otf.bnn.calibration import GammaCalibration
+from atomate2_otf.bnn.checkpoint import posterior_from_bytes, posterior_to_bytes
 from atomate2_otf.bnn.data import StructureRecord
+from atomate2_otf.bnn.ensemble import ChainOutput, EnsemblePrediction, combine_ensemble
 from atomate2_otf.bnn.heads import DEFAULT_FORCE_SIGMA_SCALE, ForceNoiseHead
 from atomate2_otf.bnn.likelihood import DEFAULT_STRESS_SIGMA, Targets, log_likelihood
 from atomate2_otf.bnn.prior import TransferPrior, check_sigma_tl
 from atomate2_otf.bnn.sampling import draw_minibatch
+from atomate2_otf.bnn.space import ChainRNG, ParameterSpace
 
 if TYPE_CHECKING:
     from atomate2_otf.bnn.parallel import ChainPool
     from atomate2_otf.models.base import FoundationModel
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT_FORMAT = 3
-#: formats from_bytes still reads (1: the data set as a list of plain dicts; 1 and 2: a
-#: carried mass (keep_mass) as the max of the bias-corrected moment, and no mass age)
-READABLE_FORMATS = (1, 2, 3)
-
-
-def pack_records(records: Sequence[StructureRecord]) -> dict[str, torch.Tensor]:
-    """The labelled data set as a few flat tensors (float64, exact).
-
-    torch's weights-only unpickler is pure Python: a data set stored as nested lists cost
-    tens of ms per load at a few dozen structures and grew with every label, and each MD
-    segment loads the checkpoint once.
-    """
-    def stress(r: StructureRecord) -> np.ndarray:
-        return np.full((3, 3), np.nan) if r.stress is None else r.stress
-
-    if not records:
-        return {"n_atoms": torch.zeros(0, dtype=torch.long)}
-    return {
-        "n_atoms": torch.tensor([r.n_atoms for r in records], dtype=torch.long),
-        "numbers": torch.from_numpy(np.concatenate([r.numbers for r in records])),
-        "positions": torch.from_numpy(np.concatenate([r.positions for r in records])),
-        "cell": torch.from_numpy(np.stack([r.cell for r in records])),
-        "pbc": torch.from_numpy(np.stack([r.pbc for r in records])),
-        "energy": torch.tensor([np.nan if r.energy is None else r.energy for r in records],
-                               dtype=torch.float64),
-        "forces": torch.from_numpy(np.concatenate([
-            np.full((r.n_atoms, 3), np.nan) if r.forces is None else r.forces
-            for r in records])),
-        "has_stress": torch.tensor([r.stress is not None for r in records]),
-        "stress": torch.from_numpy(np.stack([stress(r) for r in records])),
-    }
-
-
-def unpack_records(packed: dict[str, torch.Tensor]) -> list[StructureRecord]:
-    """Inverse of :func:`pack_records`."""
-    n_atoms = packed["n_atoms"].tolist()
-    if not n_atoms:
-        return []
-    bounds = np.cumsum([0, *n_atoms])
-    arrays = {k: v.numpy() for k, v in packed.items()}
-    records = []
-    for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-        energy = float(arrays["energy"][i])
-        forces = arrays["forces"][lo:hi]
-        records.append(StructureRecord(
-            numbers=arrays["numbers"][lo:hi], positions=arrays["positions"][lo:hi],
-            cell=arrays["cell"][i], pbc=arrays["pbc"][i],
-            energy=None if np.isnan(energy) else energy,
-            forces=None if np.isnan(forces).all() else forces,
-            stress=arrays["stress"][i] if arrays["has_stress"][i] else None))
-    return records
 
 
 @dataclass
@@ -145,143 +93,19 @@ class PosteriorConfig:
         return out
 
 
-@dataclass
-class EnsemblePrediction:
-    """Ensemble mean and variance split into epistemic (spread of the M means) and aleatoric
-    (mean of the M predicted noise variances) parts. Energies are in the *reference's*
-    energy zero (the offset is removed); forces eV/A; stress eV/A^3 or None.
-    """
-
-    energy: np.ndarray
-    energy_var_epistemic: np.ndarray
-    energy_var_aleatoric: np.ndarray
-    forces: np.ndarray
-    forces_var_epistemic: np.ndarray
-    forces_var_aleatoric: np.ndarray
-    stress: np.ndarray | None
-    stress_var_epistemic: np.ndarray | None
-    stress_var_aleatoric: np.ndarray | None
-    n_atoms: np.ndarray
-    chain_energies: np.ndarray
-
-    @property
-    def energy_var(self) -> np.ndarray:
-        return self.energy_var_epistemic + self.energy_var_aleatoric
-
-    @property
-    def energy_std(self) -> np.ndarray:
-        return np.sqrt(self.energy_var)
-
-    @property
-    def forces_var(self) -> np.ndarray:
-        return self.forces_var_epistemic + self.forces_var_aleatoric
-
-    def split_atoms(self, values: np.ndarray) -> list[np.ndarray]:
-        """Split a per-atom array [N, ...] of the batch into one array per structure."""
-        return np.split(values, np.cumsum(self.n_atoms)[:-1])
-
-
-@dataclass
-class ChainOutput:
-    """One chain's raw prediction for a batch (model energy zero), as numpy float64."""
-
-    energy: np.ndarray
-    forces: np.ndarray
-    force_sigma: np.ndarray
-    stress: np.ndarray | None
-    n_atoms: np.ndarray
-
-
-def combine_ensemble(means: np.ndarray, variances: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Over chains (axis 0): the mean, the epistemic variance and the aleatoric variance.
-
-    Epistemic: the *sample* variance (ddof = 1) of the M means, as the reference code's
-    ``torch.var`` (METHOD.md sec. 4): M = 8 draws of the posterior estimate its spread, and
-    ddof = 0 would understate it by (M - 1) / M. One chain has no spread to estimate: 0.
-    Aleatoric: the mean of the M predicted noise variances.
-    """
-    epistemic = means.var(0, ddof=1) if len(means) > 1 else np.zeros_like(means[0])
-    return means.mean(0), epistemic, variances.mean(0)
-
-
-class ParameterSpace:
-    """A flat view of the model's and the head's parameters, in a fixed order.
-
-    Loading a chain is one copy of its vector into the live modules, after which the
-    model runs exactly as usual (the always-correct path for any architecture).
-    """
-
-    def __init__(self, groups: Sequence[torch.nn.Module | Sequence[torch.nn.Parameter]]) -> None:
-        self.parameters = [p for group in groups for p in (
-            group.parameters() if isinstance(group, torch.nn.Module) else group)]
-        self.size = sum(p.numel() for p in self.parameters)
-
-    def vector(self) -> torch.Tensor:
-        return torch.nn.utils.parameters_to_vector(self.parameters).detach().clone()
-
-    def load(self, vector: torch.Tensor) -> None:
-        """Copy ``vector`` into the parameters (a copy: torch's vector_to_parameters would
-        make them views of the chain state, so that any in-place use of the module would
-        silently rewrite a chain or theta_0)."""
-        with torch.no_grad():
-            offset = 0
-            for p in self.parameters:
-                p.copy_(vector[offset:offset + p.numel()].view_as(p))
-                offset += p.numel()
-
-    def flatten(self, tensors: Sequence[torch.Tensor | None]) -> torch.Tensor:
-        return torch.cat([
-            torch.zeros(p.numel(), dtype=p.dtype) if g is None else g.reshape(-1)
-            for p, g in zip(self.parameters, tensors, strict=True)
-        ])
-
-    def add_flat(self, out: torch.Tensor,
-                 tensors: Sequence[torch.Tensor | None]) -> torch.Tensor:
-        """``out += flatten(tensors)`` in place (None counts as zeros); returns ``out``."""
-        offset = 0
-        for p, g in zip(self.parameters, tensors, strict=True):
-            n = p.numel()
-            if g is not None:
-                out[offset:offset + n].add_(g.reshape(-1))
-            offset += n
-        return out
-
-    @contextmanager
-    def frozen(self) -> Iterator[None]:
-        """No parameter gradients inside (inference): saves the backward's weight terms."""
-        flags = [p.requires_grad for p in self.parameters]
-        for p in self.parameters:
-            p.requires_grad_(False)
-        try:
-            yield
-        finally:
-            for p, flag in zip(self.parameters, flags, strict=True):
-                p.requires_grad_(flag)
-
-
-@dataclass
-class ChainRNG:
-    """One chain's random streams: numpy for minibatch draws, torch for SGHMC noise."""
-
-    numpy: np.random.Generator
-    torch: torch.Generator
-
-    @classmethod
-    def from_seed(cls, seed_sequence: np.random.SeedSequence) -> ChainRNG:
-        torch_seed = int(seed_sequence.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
-        return cls(np.random.default_rng(seed_sequence), torch.Generator().manual_seed(torch_seed))
-
-    def get_state(self) -> dict[str, Any]:
-        return {"numpy": self.numpy.bit_generator.state, "torch": self.torch.get_state()}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self.numpy.bit_generator.state = state["numpy"]
-        self.torch.set_state(state["torch"])
-
-
 def _fingerprint(vector: torch.Tensor) -> str:
     """A short hash of the pretrained weights, to refuse a checkpoint on the wrong model."""
     return hashlib.sha256(vector.detach().to(torch.float32).numpy().tobytes()).hexdigest()[:16]
+
+
+@dataclass
+class Observation:
+    """One label scored before it was learnt: the ensemble's energy error (eV, prediction
+    minus reference), its calibrated std and the untuned model's error."""
+
+    error: float
+    sigma: float
+    untuned_error: float
 
 
 class Posterior:
@@ -354,6 +178,21 @@ class Posterior:
             self.energy_offset = float(untuned.energy[0] - records[0].energy)
         self.data.extend(records)
         self._prepared.extend(self.model.prepare(r) for r in records)
+
+    def observe(self, record: StructureRecord, predicted_energy: float,
+                energy_std: float) -> Observation:
+        """A reference call's label meets the prediction made before it (METHOD.md sec. 6).
+
+        The error of that prediction and of the untuned model are recorded, the error joins
+        the calibration, then the label joins the data set; the caller samples next. This
+        order is the method: an error scored after the label was learnt would be no test.
+        """
+        error = float(predicted_energy) - record.energy
+        sigma = float(energy_std)
+        untuned = float(self.predict_untuned([record.unlabelled()]).energy[0]) - record.energy
+        self.calibration.update(np.array([error]), np.array([sigma]))
+        self.add_labels([record])
+        return Observation(error=error, sigma=sigma, untuned_error=untuned)
 
     # -- evaluation ------------------------------------------------------------------------
     def _forward(self, batch: Any, compute_stress: bool, create_graph: bool):
@@ -512,78 +351,12 @@ class Posterior:
         self.state.t = (self.state.t if config.keep_mass else 0) + config.n_steps
         self.n_updates += 1
 
-    def _legacy_mass_age(self) -> int:
-        """The age to give a mass carried in a format 1-2 checkpoint, whose ``v_hat`` is the
-        max of the bias-corrected moment over the last update and whose age was not kept:
-        that update's length, so that ``v_hat * (1 - beta^age)`` approximates the raw max
-        (an approximation: the step at which the old max was reached is not stored;
-        keep_mass was never the default)."""
-        return int(self.config.sghmc.n_steps)
-
-    # -- serialisation --------------------------------------------------------------------
+    # -- serialisation (the format: bnn/checkpoint.py) -------------------------------------
     def to_bytes(self) -> bytes:
         """A self-contained checkpoint (torch format, loadable with weights_only=True)."""
-        keep_mass = self.config.sghmc.keep_mass
-        payload = {
-            "format": CHECKPOINT_FORMAT,
-            "model": self.model.spec(),
-            "fingerprint": self.fingerprint,
-            "config": self.config.to_dict(),
-            "theta": self.state.theta.to(torch.float32),
-            "theta0_head": self.theta0[-self._head_size():],
-            "v": self.state.v if keep_mass else None,
-            "v_hat": self.state.v_hat if keep_mass else None,
-            "mass_age": self.state.t if keep_mass else 0,
-            "data": pack_records(self.data),
-            "energy_offset": self.energy_offset,
-            "calibration": self.calibration.to_dict(),
-            "n_updates": self.n_updates,
-            "rngs": [rng.get_state() for rng in self.rngs],
-        }
-        buffer = io.BytesIO()
-        torch.save(payload, buffer)
-        return buffer.getvalue()
-
-    def _head_size(self) -> int:
-        return sum(p.numel() for p in self.head.parameters())
+        return posterior_to_bytes(self)
 
     @classmethod
     def from_bytes(cls, blob: bytes, model: FoundationModel | None = None) -> Posterior:
         """Rebuild a posterior from :meth:`to_bytes`; the model is reloaded by name if not given."""
-        payload = torch.load(io.BytesIO(blob), weights_only=True)
-        if payload.get("format") not in READABLE_FORMATS:
-            raise ValueError(f"unsupported checkpoint format {payload.get('format')!r}; "
-                             f"this version reads formats {READABLE_FORMATS}")
-        if model is None:
-            from atomate2_otf.models.base import load_model
-
-            spec = dict(payload["model"])
-            model = load_model(spec.pop("name"), **spec)
-        posterior = cls(model, PosteriorConfig(**payload["config"]))
-        if posterior.fingerprint != payload["fingerprint"]:
-            raise ValueError(
-                f"checkpoint was made with different pretrained weights of "
-                f"{payload['model']!r} (fingerprint {payload['fingerprint']}, the loaded "
-                f"model has {posterior.fingerprint})"
-            )
-        head_size = posterior._head_size()
-        posterior.theta0[-head_size:] = payload["theta0_head"]
-        theta = payload["theta"].to(posterior.theta0.dtype)
-        posterior.state = sghmc.init(theta)
-        if payload["v"] is not None:
-            posterior.state.v.copy_(payload["v"])
-            posterior.state.v_hat.copy_(payload["v_hat"])
-            posterior.state.t = int(payload.get("mass_age", 0))
-            if payload["format"] < 3:  # see READABLE_FORMATS: convert to the raw-moment max
-                posterior.state.t = posterior._legacy_mass_age()
-                posterior.state.v_hat.mul_(1.0 - posterior.config.sghmc.beta ** posterior.state.t)
-        records = (unpack_records(payload["data"]) if payload["format"] >= 2
-                   else [StructureRecord.from_dict(d) for d in payload["data"]])
-        posterior.data = records
-        posterior._prepared = [model.prepare(r) for r in records]
-        posterior.energy_offset = payload["energy_offset"]
-        posterior.calibration = GammaCalibration.from_dict(payload["calibration"])
-        posterior.n_updates = int(payload["n_updates"])
-        for rng, state in zip(posterior.rngs, payload["rngs"], strict=True):
-            rng.set_state(state)
-        return posterior
+        return posterior_from_bytes(cls, blob, model)

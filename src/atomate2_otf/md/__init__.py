@@ -6,7 +6,6 @@ continue in another job (or process) exactly where it left off.
 """
 
 from atomate2_otf.md.calculator import PosteriorCalculator
-from atomate2_otf.md.label import Label
 from atomate2_otf.md.schedule import TemperatureSchedule
 from atomate2_otf.md.segment import (
     SegmentResult,
@@ -16,15 +15,17 @@ from atomate2_otf.md.segment import (
 )
 from atomate2_otf.md.settings import ENSEMBLES, MDSettings
 from atomate2_otf.md.state import MDState
+from atomate2_otf.md.trigger import CalibratedTrigger, TriggerEvent
 
 __all__ = [
+    "CalibratedTrigger",
     "ENSEMBLES",
-    "Label",
     "MDSettings",
     "MDState",
     "PosteriorCalculator",
     "SegmentResult",
     "TemperatureSchedule",
+    "TriggerEvent",
     "check_structure_for_md",
     "initial_state",
     "run_segment",

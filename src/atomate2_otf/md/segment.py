@@ -13,7 +13,6 @@ Fig. 2). With a label from the model itself the split run equals the unsplit one
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -29,7 +28,6 @@ from atomate2_otf.md.integrators import (
     new_rng_state,
     set_target_temperature,
 )
-from atomate2_otf.md.label import Label
 from atomate2_otf.md.replay import KnownResults, ReplayCalculator
 from atomate2_otf.md.settings import ENSEMBLES, MDSettings
 from atomate2_otf.md.state import MDState
@@ -39,8 +37,10 @@ if TYPE_CHECKING:
     from ase.calculators.calculator import Calculator
     from ase.md.md import MolecularDynamics
 
+    from atomate2_otf.bnn.data import StructureRecord
+
 __all__ = [
-    "ENSEMBLES", "MIN_DISTANCE", "LABEL_ATOL", "Label", "MDSettings", "MDState",
+    "ENSEMBLES", "MIN_DISTANCE", "LABEL_ATOL", "MDSettings", "MDState",
     "SegmentResult", "check_structure_for_md", "initial_state", "run_segment",
 ]
 
@@ -98,7 +98,7 @@ class SegmentResult:
     state: where the next segment starts (for a trigger: the start of the triggering step).
     triggered: whether the trigger fired. pending: the atoms to label, or None.
     trajectory: small dicts, one every ``trajectory_interval`` steps plus the last.
-    n_steps_done: steps completed and kept in this segment. wall_time_s: seconds.
+    n_steps_done: steps completed and kept in this segment.
     """
 
     state: MDState
@@ -106,19 +106,6 @@ class SegmentResult:
     pending: Atoms | None
     trajectory: list[dict[str, Any]] = field(default_factory=list)
     n_steps_done: int = 0
-    wall_time_s: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data; ``pending`` as numbers/positions/cell/pbc."""
-        pending = None
-        if self.pending is not None:
-            pending = {"numbers": [int(z) for z in self.pending.numbers],
-                       "positions": self.pending.positions.tolist(),
-                       "cell": np.array(self.pending.cell).tolist(),
-                       "pbc": [bool(p) for p in self.pending.pbc]}
-        return {"state": self.state.to_dict(), "triggered": self.triggered, "pending": pending,
-                "trajectory": [dict(e) for e in self.trajectory],
-                "n_steps_done": self.n_steps_done, "wall_time_s": self.wall_time_s}
 
 
 def _state_results(state: MDState) -> dict[str, Any]:
@@ -177,18 +164,17 @@ def run_segment(
     *,
     max_steps: int | None = None,
     trigger: Callable[[dict[str, Any]], bool] | None = None,
-    pending_label: Label | None = None,
+    pending_label: StructureRecord | None = None,
     callback: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> SegmentResult:
     """Continue MD from ``state`` with ``calculator`` until ``trigger`` fires on the model's
     results for a new structure, the run's ``settings.n_steps`` are done, or ``max_steps``
     steps of this segment are done.
 
-    ``pending_label``: the reference result for the structure a previous segment returned
-    as ``pending`` with this ``state``; it drives the redone step. ``callback(step,
+    ``pending_label``: the labelled structure a previous segment returned as ``pending``
+    with this ``state``; its reference results drive the redone step. ``callback(step,
     results)`` is called after every kept step (progress bars).
     """
-    started = time.perf_counter()
     _check_max_steps(max_steps)
     if settings.ensemble == "npt" and not state.pbc.all():
         raise ValueError(f"ensemble 'npt' needs a fully periodic structure, got "
@@ -201,11 +187,13 @@ def run_segment(
         if pending_label.positions.shape != state.positions.shape:
             raise ValueError(f"pending_label has {len(pending_label.positions)} atoms, the "
                              f"state has {state.n_atoms}")
+        if not pending_label.is_labelled:
+            raise ValueError("pending_label has no energy and forces: label it first")
         if settings.ensemble == "npt" and pending_label.stress is None:
             raise ValueError("ensemble 'npt' needs the label's stress to drive the cell; "
                              "the pending_label has stress=None")
         label_known = KnownResults("label", pending_label.positions, pending_label.cell,
-                                   pending_label.results(), atol=LABEL_ATOL)
+                                   pending_label.calculator_results(), atol=LABEL_ATOL)
         known.append(label_known)
 
     if hasattr(calculator, "reset"):
@@ -246,8 +234,7 @@ def run_segment(
             logger.info("trigger fired at step %d: returning the state of step %d", step,
                         snapshot.step)
             return SegmentResult(state=snapshot, triggered=True, pending=pending,
-                                 trajectory=trajectory, n_steps_done=done,
-                                 wall_time_s=time.perf_counter() - started)
+                                 trajectory=trajectory, n_steps_done=done)
         done += 1
         last_entry = _entry(atoms, results, settings, step, target)
         if step % settings.trajectory_interval == 0:
@@ -261,4 +248,4 @@ def run_segment(
     logger.debug("MD segment ended at step %d after %d steps (%d model calls)", step, done,
                  calc.n_model_calls)
     return SegmentResult(state=final, triggered=False, pending=None, trajectory=trajectory,
-                         n_steps_done=done, wall_time_s=time.perf_counter() - started)
+                         n_steps_done=done)

@@ -44,8 +44,7 @@ import numpy as np
 import torch
 
 from atomate2_otf.bnn.data import StructureRecord
-from atomate2_otf.models.base import (FamilyDefaults, FoundationModel, ModelOutput,
-                                      periodic_stress)
+from atomate2_otf.models.base import FamilyDefaults, FoundationModel, ModelOutput, periodic_stress
 
 logger = logging.getLogger(__name__)
 

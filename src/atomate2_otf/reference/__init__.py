@@ -10,7 +10,8 @@ of the ASE-based ones is retried once with safer SCF settings; then the run stop
 Any jobflow Maker whose ``make(structure)`` job outputs energy, forces and (periodic)
 stress can label structures for an on-the-fly run: atomate2's ASE Makers (below), its VASP
 ``StaticMaker`` (:func:`vasp_reference_maker`, registered as ``"vasp"``) or a user's own.
-:func:`label_from_output` reads such an output into the package's units.
+:func:`label_from_output` reads such an output into the package's units, as a labelled
+:class:`~atomate2_otf.bnn.data.StructureRecord`.
 
 Plugging in your own reference Maker
 ------------------------------------
@@ -37,7 +38,7 @@ references changes the offset by exactly that shift and nothing else. A missing 
 forces, a wrong shape or a NaN raises ValueError naming the reference call.
 """
 
-from atomate2_otf.reference.labels import ReferenceLabel, label_from_output
+from atomate2_otf.reference.labels import elapsed_from_output, label_from_output
 from atomate2_otf.reference.makers import (
     EMTStaticMaker,
     GFN1xTBStaticMaker,
@@ -62,10 +63,10 @@ __all__ = [
     "PySCFStaticMaker",
     "QEStaticMaker",
     "ReferenceCalculationError",
-    "ReferenceLabel",
     "RetryOnFailure",
     "SCFNotConvergedError",
     "get_reference_maker",
+    "elapsed_from_output",
     "label_from_output",
     "reference_names",
     "vasp_reference_maker",

@@ -6,11 +6,12 @@ to ASE (``kbar = -10 * stress_eV_per_A3 / GPa``). This is the one place that con
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from ase.units import GPa
+
+from atomate2_otf.bnn.data import StructureRecord
 
 #: eV/A^3 per kbar (1 kbar = 0.1 GPa)
 EV_PER_A3_PER_KBAR = 0.1 * GPa
@@ -26,60 +27,55 @@ def ase_stress_to_kbar(stress: Any) -> np.ndarray:
     return -np.asarray(stress, dtype=float).reshape(3, 3) / EV_PER_A3_PER_KBAR
 
 
-@dataclass
-class ReferenceLabel:
-    """What a reference calculation says about one structure, in the package's units."""
-
-    energy: float
-    forces: np.ndarray
-    stress: np.ndarray | None = None
-    elapsed_s: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "energy": self.energy,
-            "forces": np.asarray(self.forces).tolist(),
-            "stress": None if self.stress is None else np.asarray(self.stress).tolist(),
-            "elapsed_s": self.elapsed_s,
-        }
-
-
 def _get(obj: Any, key: str) -> Any:
     return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
 
 
-def label_from_output(output: Any, n_atoms: int, *, where: str = "reference") -> ReferenceLabel:
-    """Energy, forces and stress from a reference job's output.
+def elapsed_from_output(output: Any) -> float | None:
+    """Wall seconds the reference reported (atomate2's ``output.elapsed_time``, custodian's
+    run statistics for VASP, ``elapsed_s`` of a plain dict), or None."""
+    inner = _get(output, "output")
+    if inner is not None and _get(inner, "energy") is not None:
+        elapsed = _get(inner, "elapsed_time")
+        if elapsed is None:  # VASP task documents: custodian's run statistics
+            overall = (_get(output, "run_stats") or {}).get("overall")
+            elapsed = None if overall is None else _get(overall, "elapsed_time")
+    else:
+        elapsed = _get(output, "elapsed_s")
+    return None if elapsed is None else float(elapsed)
+
+
+def label_from_output(output: Any, structure: StructureRecord, *,
+                      where: str = "reference") -> StructureRecord:
+    """``structure`` labelled with the energy, forces and stress of a reference job's output.
 
     Accepts atomate2 task documents (``output.energy``, ``output.forces``, ``output.stress``
     in kbar), their dict forms, or a plain ``{"energy", "forces", "stress"}`` dict whose
     stress is already in eV/A^3 (marked by ``"stress_unit": "eV/A^3"``). Raises ValueError,
-    naming ``where``, when a value is missing, has the wrong shape or is not finite.
+    naming ``where``, when a value is missing, has the wrong shape or is not finite. The
+    labels are attached to ``structure`` itself (the positions the MD step must land on),
+    not to the reference's copy, which a code may have wrapped or rounded.
     """
     inner = _get(output, "output")
     if inner is not None and _get(inner, "energy") is not None:
         energy, forces, stress_raw = (_get(inner, k) for k in ("energy", "forces", "stress"))
         stress = None if stress_raw is None else kbar_to_ase_stress(stress_raw)
-        elapsed = _get(inner, "elapsed_time")
-        if elapsed is None:  # VASP task documents: custodian's run statistics
-            overall = (_get(output, "run_stats") or {}).get("overall")
-            elapsed = None if overall is None else _get(overall, "elapsed_time")
     else:
         energy, forces, stress_raw = (_get(output, k) for k in ("energy", "forces", "stress"))
         if stress_raw is not None and _get(output, "stress_unit") != "eV/A^3":
             raise ValueError(f"{where}: a plain label dict must mark its stress with "
                              f"stress_unit='eV/A^3'")
         stress = None if stress_raw is None else np.asarray(stress_raw, float).reshape(3, 3)
-        elapsed = _get(output, "elapsed_s")
     if energy is None or forces is None:
         raise ValueError(f"{where}: the output has no energy and forces "
                          f"(got {type(output).__name__}); a reference must report both")
     forces = np.asarray(forces, dtype=float)
-    if forces.shape != (n_atoms, 3):
-        raise ValueError(f"{where}: forces have shape {forces.shape}, expected ({n_atoms}, 3)")
+    if forces.shape != (structure.n_atoms, 3):
+        raise ValueError(f"{where}: forces have shape {forces.shape}, expected "
+                         f"({structure.n_atoms}, 3)")
     energy = float(energy)
     values = [np.array([energy]), forces] + ([stress] if stress is not None else [])
     if not all(np.all(np.isfinite(v)) for v in values):
         raise ValueError(f"{where}: the reference returned a non-finite energy, force or "
                          f"stress (NaN/inf)")
-    return ReferenceLabel(energy, forces, stress, None if elapsed is None else float(elapsed))
+    return structure.labelled(energy, forces, stress)

@@ -1,0 +1,91 @@
+"""The sampled parameter vector and each chain's random streams.
+
+SGHMC works on one flat vector per chain; the model runs on its own modules. The
+parameter space maps between the two, and a chain's RNG keeps its minibatch draws and
+noise reproducible across processes and checkpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class ParameterSpace:
+    """A flat view of the model's and the head's parameters, in a fixed order.
+
+    Loading a chain is one copy of its vector into the live modules, after which the
+    model runs exactly as usual (the always-correct path for any architecture).
+    """
+
+    def __init__(self, groups: Sequence[torch.nn.Module | Sequence[torch.nn.Parameter]]) -> None:
+        self.parameters = [p for group in groups for p in (
+            group.parameters() if isinstance(group, torch.nn.Module) else group)]
+        self.size = sum(p.numel() for p in self.parameters)
+
+    def vector(self) -> torch.Tensor:
+        return torch.nn.utils.parameters_to_vector(self.parameters).detach().clone()
+
+    def load(self, vector: torch.Tensor) -> None:
+        """Copy ``vector`` into the parameters (a copy: torch's vector_to_parameters would
+        make them views of the chain state, so that any in-place use of the module would
+        silently rewrite a chain or theta_0)."""
+        with torch.no_grad():
+            offset = 0
+            for p in self.parameters:
+                p.copy_(vector[offset:offset + p.numel()].view_as(p))
+                offset += p.numel()
+
+    def flatten(self, tensors: Sequence[torch.Tensor | None]) -> torch.Tensor:
+        return torch.cat([
+            torch.zeros(p.numel(), dtype=p.dtype) if g is None else g.reshape(-1)
+            for p, g in zip(self.parameters, tensors, strict=True)
+        ])
+
+    def add_flat(self, out: torch.Tensor,
+                 tensors: Sequence[torch.Tensor | None]) -> torch.Tensor:
+        """``out += flatten(tensors)`` in place (None counts as zeros); returns ``out``."""
+        offset = 0
+        for p, g in zip(self.parameters, tensors, strict=True):
+            n = p.numel()
+            if g is not None:
+                out[offset:offset + n].add_(g.reshape(-1))
+            offset += n
+        return out
+
+    @contextmanager
+    def frozen(self) -> Iterator[None]:
+        """No parameter gradients inside (inference): saves the backward's weight terms."""
+        flags = [p.requires_grad for p in self.parameters]
+        for p in self.parameters:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p, flag in zip(self.parameters, flags, strict=True):
+                p.requires_grad_(flag)
+
+
+@dataclass
+class ChainRNG:
+    """One chain's random streams: numpy for minibatch draws, torch for SGHMC noise."""
+
+    numpy: np.random.Generator
+    torch: torch.Generator
+
+    @classmethod
+    def from_seed(cls, seed_sequence: np.random.SeedSequence) -> ChainRNG:
+        torch_seed = int(seed_sequence.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+        return cls(np.random.default_rng(seed_sequence), torch.Generator().manual_seed(torch_seed))
+
+    def get_state(self) -> dict[str, Any]:
+        return {"numpy": self.numpy.bit_generator.state, "torch": self.torch.get_state()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.numpy.bit_generator.state = state["numpy"]
+        self.torch.set_state(state["torch"])

@@ -1,0 +1,72 @@
+"""When to ask the reference, and what a segment hands over when it does.
+
+The rule (METHOD.md sec. 6): label the structure when the calibrated probability that the
+energy error is within K, P(|e| < K), drops below the confidence level. The event is the
+one form in which a trigger travels from the MD segment to the posterior update: the
+structure to label and the model's prediction for it, made before the label existed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from atomate2_otf.bnn.calibration import check_confidence
+from atomate2_otf.bnn.data import StructureRecord
+
+
+class CalibratedTrigger:
+    """P(|e| < K) < confidence; or, for tests and diagnostics, every ``every``-th
+    model-evaluated step of a segment. Keeps the results it last judged (the trigger's)."""
+
+    def __init__(self, confidence: float, every: int | None = None) -> None:
+        self.confidence = check_confidence(confidence)
+        self.every = every
+        self.seen = 0
+        self.last: dict[str, Any] = {}
+
+    def __call__(self, results: dict[str, Any]) -> bool:
+        self.last = dict(results)
+        self.seen += 1
+        if self.every:
+            return self.seen % self.every == 0
+        return float(results["prob_within"]) < self.confidence
+
+
+@dataclass
+class TriggerEvent:
+    """A structure the trigger sent to the reference, with the ensemble's prediction for it.
+
+    md_step: the MD step the structure belongs to. structure: the atoms, unlabelled.
+    energy, energy_std, prob_within: the model's mean energy (eV), its calibrated std and
+    P(|e| < K) there. md_s: wall seconds of the segment; ended_at: epoch seconds when it
+    stopped (a reference Maker that reports no time is timed from here).
+    """
+
+    md_step: int
+    structure: StructureRecord
+    energy: float
+    energy_std: float
+    prob_within: float
+    md_s: float
+    ended_at: float
+
+    @classmethod
+    def from_trigger(cls, trigger: CalibratedTrigger, structure: StructureRecord,
+                     md_step: int, md_s: float) -> TriggerEvent:
+        """The event of the step ``trigger`` fired on, ending now."""
+        return cls(md_step=int(md_step), structure=structure,
+                   energy=float(trigger.last["energy"]),
+                   energy_std=float(trigger.last["energy_std"]),
+                   prob_within=float(trigger.last["prob_within"]), md_s=float(md_s),
+                   ended_at=time.time())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"md_step": self.md_step, "structure": self.structure.to_dict(),
+                "energy": self.energy, "energy_std": self.energy_std,
+                "prob_within": self.prob_within, "md_s": self.md_s, "ended_at": self.ended_at}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TriggerEvent:
+        return cls(**{**data, "structure": StructureRecord.from_dict(data["structure"])})

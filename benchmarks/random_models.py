@@ -29,7 +29,8 @@ _TYPES = ("H", "C", "O", "Si", "Cu")
 
 
 def nequip_paper() -> FoundationModel:
-    from atomate2_otf.models.nequip import load_nequip, package_random_model
+    from atomate2_otf.models.nequip import load_nequip
+    from tests.random_models.nequip_random import package_random_model
 
     path = _CACHE / "nequip-paper" / "paper.nequip.zip"
     if not path.is_file():
@@ -38,7 +39,8 @@ def nequip_paper() -> FoundationModel:
 
 
 def _fairchem(shape: str, datasets: tuple[str, ...], task: str) -> FoundationModel:
-    from atomate2_otf.models.fairchem import load_fairchem, save_random_checkpoint
+    from atomate2_otf.models.fairchem import load_fairchem
+    from tests.random_models.fairchem_random import save_random_checkpoint
 
     path = _CACHE / f"fairchem-{shape}.pt"
     if not path.is_file():

@@ -25,8 +25,9 @@ pytest.importorskip("mace", reason="mace-torch is not installed (it has its own 
 from atomate2_otf.atoms import record_from_atoms  # noqa: E402
 from atomate2_otf.models.base import load_model  # noqa: E402
 from atomate2_otf.models.mace import (  # noqa: E402
-    MACECheckpointNotFound, MACEModel, build_scale_shift_mace, load_mace, mace_mp_cache_path,
+    MACECheckpointNotFound, MACEModel, load_mace, mace_mp_cache_path,
     save_mace_state_dict)
+from tests.random_models.mace_random import build_scale_shift_mace  # noqa: E402
 from tests.models.conventions import (  # noqa: E402
     check_batch_equals_single, check_features_invariant, check_features_trainable,
     check_forces_are_gradient, check_mixed_batch_stress_nan, check_pickle_round_trip,
@@ -195,7 +196,7 @@ def test_missing_mace_mp_file_names_file_and_folder(tmp_path, monkeypatch, check
 
 def test_random_mace_mp_medium_shape():
     """The benchmark stand-in has MACE-MP-0 medium's size and feature width."""
-    model = load_model("atomate2_otf.models.mace:random_mace_mp_medium")
+    model = load_model("tests.random_models.mace_random:random_mace_mp_medium")
     n = sum(p.numel() for p in model.parameters())
     assert 4.6e6 < n < 4.8e6, n  # MACE-MP-0 medium: 4.69 M
     assert model.feature_dim == 256 and model.cutoff == 6.0

@@ -17,7 +17,9 @@ def test_otf_run_with_vasp_static_maker_labels_equal_emt(store, tmp_path):
                        n_workers=1, trajectory_interval=5, threshold=0.05)
     doc = run_otf(maker, copper(), store, tmp_path / "jobs")
     assert doc.n_md_steps == 15 and doc.reference == "VASP static (MP PBE)"
-    assert doc.n_reference_calls >= 3
+    # forced triggers at MD steps 5, 10 and 15 after call 0: 1 + 15 // 5 calls
+    assert doc.n_reference_calls == 1 + 15 // 5
+    assert [call.md_step for call in doc.calls] == [0, 5, 10, 15]
 
     # every reference job ran through atomate2's VASP path and left a VASP task document
     tasks = list(store.query({"name": {"$regex": "^otf reference"}},

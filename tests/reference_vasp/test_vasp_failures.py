@@ -22,6 +22,7 @@ from atomate2_otf.store import list_checkpoints, load_checkpoint
 from tests.fake_vasp import FAKE_VASP_HANDLERS, fake_vasp_maker
 from tests.fake_vasp.fake_vasp import UNCONVERGED_ERROR
 from tests.reference_vasp.helpers import copper, emt_values, record_atoms, run_static
+from tests.workflow.helpers import run_id_of
 
 #: POTCAR.spec stands in for the licensed POTCARs; pymatgen's Vasprun looks for them anyway
 pytestmark = pytest.mark.filterwarnings("ignore:No POTCAR file with matching TITEL:UserWarning")
@@ -157,7 +158,7 @@ def test_failing_vasp_call_in_a_run_names_call_and_step_and_keeps_checkpoints(
                     log=False, raise_immediately=True)
     assert runs(counter) == 3  # call 0, call 1 and its one corrective rerun
 
-    run_id = flow.jobs[1].function_args[2]["run_id"]
+    run_id = run_id_of(flow)
     checkpoints = list_checkpoints(store, run_id)
     assert checkpoints == [0]
     for index in checkpoints:

@@ -1,20 +1,17 @@
 """Bad input is refused in OTFMDMaker.make, before any model loads; reference failures fail
 the flow with the call named, and the checkpoints written so far stay loadable."""
 
-import math
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
 from ase import Atoms
 from ase.build import bulk, molecule
-from jobflow import Maker, job, run_locally
+from jobflow import run_locally
 
 from atomate2_otf.bnn.posterior import Posterior
 from atomate2_otf.flows import OTFMDMaker
 from atomate2_otf.models import base
-from atomate2_otf.reference.makers import EMTStaticMaker
 from atomate2_otf.store import list_checkpoints, load_checkpoint
+from tests.workflow.helpers import BrokenReferenceMaker, broken_reference_calls, run_id_of
 
 
 @pytest.fixture
@@ -53,48 +50,12 @@ def test_structure_files_missing_or_unreadable(no_model_loads, tmp_path):
         OTFMDMaker().make(garbage)
 
 
-@dataclass
-class BrokenReferenceMaker(Maker):
-    """Labels the first structure with EMT, then fails the way ``mode`` says."""
-
-    name: str = "broken reference"
-    mode: str = "nan"
-    calls_before_failure: int = 1
-
-    @job
-    def make(self, structure):
-        from ase.calculators.emt import EMT
-        from pymatgen.io.ase import AseAtomsAdaptor
-
-        atoms = AseAtomsAdaptor.get_atoms(structure)
-        atoms.calc = EMT()
-        label = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces().tolist(),
-                 "stress": atoms.get_stress(voigt=False).tolist(), "stress_unit": "eV/A^3"}
-        if _counter.bump() > self.calls_before_failure:
-            if self.mode == "raise":
-                raise RuntimeError("SCF did not converge (simulated)")
-            label["energy"] = math.nan
-        return label
-
-
-class _Counter:
-    def __init__(self) -> None:
-        self.n = 0
-
-    def bump(self) -> int:
-        self.n += 1
-        return self.n
-
-
-_counter = _Counter()
-
-
 @pytest.mark.parametrize("mode, message", [
     ("nan", r"reference call 1 \(MD step 5\).*non-finite"),
     ("raise", "SCF did not converge"),
 ])
 def test_failing_reference_fails_the_flow_and_keeps_checkpoints(store, mode, message):
-    _counter.n = 0
+    broken_reference_calls.n = 0
     atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
     atoms.rattle(0.02, seed=2)
     maker = OTFMDMaker(model="toy", reference_maker=BrokenReferenceMaker(mode=mode),
@@ -104,7 +65,7 @@ def test_failing_reference_fails_the_flow_and_keeps_checkpoints(store, mode, mes
     flow = maker.make(atoms)
     with pytest.raises(Exception, match=message):
         run_locally(flow, store=store, log=False, raise_immediately=True)
-    run_id = flow.jobs[1].function_args[2]["run_id"]
+    run_id = run_id_of(flow)
     kept = list_checkpoints(store, run_id)
     assert kept == [0]
     posterior = Posterior.from_bytes(load_checkpoint(store, f"{run_id}:0"))
@@ -112,9 +73,9 @@ def test_failing_reference_fails_the_flow_and_keeps_checkpoints(store, mode, mes
 
 
 def test_status_of_a_run_that_stopped_midway(store):
-    from atomate2_otf.cli import status_rows
+    from atomate2_otf.analysis.status import status_rows
 
-    _counter.n = 0
+    broken_reference_calls.n = 0
     atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
     atoms.rattle(0.02, seed=2)
     maker = OTFMDMaker(model="toy", reference_maker=BrokenReferenceMaker(calls_before_failure=2),

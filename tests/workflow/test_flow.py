@@ -2,29 +2,23 @@
 
 import numpy as np
 import pytest
-from ase.build import bulk, molecule
+from ase import Atoms
+from ase.calculators.emt import EMT
 from jobflow import run_locally
 
-from atomate2_otf.flows import OTFMDMaker, ensemble_calculator
+from atomate2_otf.bnn.posterior import Posterior
+from atomate2_otf.flows import ensemble_calculator
+from atomate2_otf.md.state import MDState
 from atomate2_otf.results import read_run_doc
-from atomate2_otf.reference.makers import EMTStaticMaker
 from atomate2_otf.schemas import OTFRunDoc
 from atomate2_otf.store import list_checkpoints, load_checkpoint
-
-
-def copper():
-    atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
-    atoms.rattle(0.02, seed=3)
-    return atoms
-
-
-def toy_maker(**kwargs):
-    settings = dict(model="toy", reference_maker=EMTStaticMaker(), n_steps=30,
-                    timestep_fs=1.0, temperature=300.0, n_chains=2, update_steps=3,
-                    initial_update_steps=3, n_workers=1, force_trigger_every=7,
-                    trajectory_interval=5, threshold=0.05)
-    settings.update(kwargs)
-    return OTFMDMaker(**settings)
+from tests.workflow.helpers import (
+    BrokenReferenceMaker,
+    broken_reference_calls,
+    copper,
+    forced_reference_calls,
+    toy_maker,
+)
 
 
 def final_doc(store, flow) -> OTFRunDoc:
@@ -38,8 +32,9 @@ def test_toy_run_completes_with_records_and_reloadable_checkpoint(store):
     run_locally(flow, store=store, log=False, ensure_success=True, raise_immediately=True)
     doc = final_doc(store, flow)
     assert doc.completed and doc.n_md_steps == 30
-    # triggers at model steps 7, 14 (+1 redone step each time): 1 + 4 calls
-    assert doc.n_reference_calls == 1 + 30 // 7
+    # call 0 at the start, then triggers at MD steps 7, 14, 21 and 28: 1 + 4 calls
+    assert doc.n_reference_calls == forced_reference_calls(30, 7) == 5
+    assert [c.md_step for c in doc.calls] == [0, 7, 14, 21, 28]
     assert len(doc.call_errors) == len(doc.call_sigmas) == doc.n_reference_calls - 1
     assert [c.index for c in doc.calls] == list(range(doc.n_reference_calls))
     assert all(c.reference_s is not None and c.update_s > 0 for c in doc.calls)
@@ -50,11 +45,21 @@ def test_toy_run_completes_with_records_and_reloadable_checkpoint(store):
     kept = list_checkpoints(store, doc.run_id)
     assert kept == list(range(doc.n_reference_calls - 3, doc.n_reference_calls))
     assert doc.final_checkpoint == f"{doc.run_id}:{kept[-1]}"
+    # periodic Cu: EMT's stress labels reach the posterior's data, one per call...
+    labels = Posterior.from_bytes(load_checkpoint(store, doc.final_checkpoint)).data
+    assert len(labels) == doc.n_reference_calls
+    for record in labels:
+        assert record.periodic and record.stress is not None and record.has_stress
+        assert record.stress.shape == (3, 3) and np.isfinite(record.stress).all()
+        atoms = Atoms(record.numbers, record.positions, cell=record.cell, pbc=record.pbc)
+        atoms.calc = EMT()
+        np.testing.assert_allclose(record.stress, atoms.get_stress(voigt=False), atol=1e-9)
+    # ...and the model's own stress (the toy's cell term) reaches the MD state
+    final = MDState.from_dict(doc.final_state)
+    assert final.stress is not None and np.isfinite(final.stress).all()
 
 
 def test_final_checkpoint_predicts_as_the_in_memory_posterior(store):
-    from atomate2_otf.md.state import MDState
-
     flow = toy_maker(n_steps=20).make(copper())
     run_locally(flow, store=store, log=False, ensure_success=True, raise_immediately=True)
     doc = final_doc(store, flow)
@@ -101,7 +106,6 @@ def test_production_md_needs_a_checkpoint():
 
 def test_flat_local_runner_gives_the_run_that_run_locally_gives(store, tmp_path):
     from atomate2_otf.local import run_flow_locally
-    from atomate2_otf.md.state import MDState
     from atomate2_otf.store import embedded_job_store
 
     flow = toy_maker(n_steps=25, seed=5).make(copper())
@@ -112,7 +116,7 @@ def test_flat_local_runner_gives_the_run_that_run_locally_gives(store, tmp_path)
     n_jobs = run_flow_locally(flat, other, root_dir=tmp_path / "jobs")
     doc = final_doc(other, flat)
     assert n_jobs == 3 + 4 * (doc.n_reference_calls - 1)  # 3 to start, 4 per cycle
-    assert doc.n_reference_calls == expected.n_reference_calls
+    assert doc.n_reference_calls == expected.n_reference_calls == forced_reference_calls(25, 7)
     np.testing.assert_allclose(doc.call_errors, expected.call_errors, rtol=0, atol=1e-12)
     a, b = MDState.from_dict(doc.final_state), MDState.from_dict(expected.final_state)
     np.testing.assert_allclose(a.positions, b.positions, rtol=0, atol=1e-12)
@@ -122,9 +126,7 @@ def test_flat_local_runner_gives_the_run_that_run_locally_gives(store, tmp_path)
 def test_flat_local_runner_stops_at_a_failing_job(store, tmp_path):
     from atomate2_otf.local import run_flow_locally
 
-    from tests.workflow.test_bad_input import BrokenReferenceMaker, _counter
-
-    _counter.n = 0
+    broken_reference_calls.n = 0
     flow = toy_maker(reference_maker=BrokenReferenceMaker(mode="raise")).make(copper())
     with pytest.raises(RuntimeError, match="SCF did not converge"):
         run_flow_locally(flow, store, root_dir=tmp_path / "jobs")

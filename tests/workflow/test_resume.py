@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from atomate2_otf.results import read_run_doc
 from atomate2_otf.local import resume_runs, run_flow_locally, unfinished_runs
+from atomate2_otf.results import read_run_doc
 from tests.crash_points import copper, open_store, toy_run_maker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,7 +62,9 @@ def uninterrupted(tmp_path_factory):
     finally:
         del os.environ["OTF_CALL_LOG"]
     doc = read_run_doc(store, flow.output.uuid)
-    assert doc is not None and doc.n_reference_calls >= 5
+    # toy_run_maker: 40 steps, a call forced every 6 model steps: 1 + 40 // 6 calls
+    assert doc is not None and doc.n_reference_calls == 1 + 40 // 6
+    assert [call.md_step for call in doc.calls] == [0, 6, 12, 18, 24, 30, 36]
     return doc, len(_calls(tmp / "calls.log"))
 
 

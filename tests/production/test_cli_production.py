@@ -4,28 +4,12 @@ file that does not parse. Each runs ``atomate2-otf`` as a user does, in a new pr
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 from ase.build import bulk
 from ase.io import write
 
 from tests.mongo_server import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
-TOY = "tests.toy_model:ToyModel"
-RUN_OPTIONS = ["--model", TOY, "--reference", "emt", "--steps", "12", "--timestep", "1",
-               "--chains", "2", "--update-steps", "3", "--threshold", "0.05", "--workers", "1"]
-
-
-def cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "atomate2_otf.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+from tests.production.helpers import RUN_OPTIONS, cli
 
 
 def test_run_status_resume_against_a_mongodb_uri(mongo_server, database, tmp_path):
@@ -50,18 +34,16 @@ def test_run_status_resume_against_a_mongodb_uri(mongo_server, database, tmp_pat
     assert client[database]["runs"].find_one({"run_id": doc["run_id"]})["state"] == "completed"
 
 
-def test_unreachable_database_is_one_line_naming_host_and_port_within_10_s(tmp_path):
+def test_unreachable_database_is_one_line_naming_host_and_port(tmp_path):
     port = free_port()  # nothing listens there
     for command in (["status"], ["resume"], ["run", "x.cif", *RUN_OPTIONS]):
-        started = time.monotonic()
         out = cli(*command, "--store", f"mongodb://127.0.0.1:{port}/otf", cwd=tmp_path)
         if command[0] == "run":  # a missing structure file is found before the database
             assert out.returncode == 2 and "x.cif" in out.stderr
             continue
-        # the server-selection timeout (5 s), not the 120 s retry budget of a store that
-        # once answered; the bound includes starting Python and imports on a loaded
-        # machine (19.8 s seen under 3 concurrent jobs on 2 cores)
-        assert time.monotonic() - started < 60
+        # the reachability check's server-selection timeout (5 s) gave up, not the 120 s
+        # retry budget of a store that once answered (the message says which one)
+        assert "within 5 s" in out.stderr, out.stderr
         assert out.returncode == 2, out.stderr
         assert f"127.0.0.1:{port}" in out.stderr
         assert "Traceback" not in out.stderr and out.stderr.startswith("error:")

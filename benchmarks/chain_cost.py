@@ -38,7 +38,7 @@ import torch
 from ase.build import bulk, molecule
 
 from atomate2_otf.atoms import record_from_atoms
-from atomate2_otf.bnn.data import StructureRecord
+from atomate2_otf.records import StructureRecord
 from atomate2_otf.bnn.parallel import ChainPool
 from atomate2_otf.bnn.posterior import Posterior, PosteriorConfig
 from atomate2_otf.bnn.sghmc import SGHMCConfig

@@ -53,11 +53,11 @@ def run_case(case: str, steps: int) -> dict:
     from ase.build import bulk, molecule
     from jobflow import run_locally
 
-    from atomate2_otf.cli import DEMO
+    from atomate2_otf.cli.parser import DEMO
     from atomate2_otf.flows import OTFMDMaker
     from atomate2_otf.results import read_run_doc
     from atomate2_otf.reference.makers import EMTStaticMaker, get_reference_maker
-    from atomate2_otf.schemas import EV_PER_KCAL_MOL
+    from atomate2_otf.units import EV_PER_KCAL_MOL
     from atomate2_otf.store import embedded_job_store
 
     folder = tempfile.mkdtemp()

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from atomate2_otf.schemas import EV_PER_KCAL_MOL
+from atomate2_otf.units import EV_PER_KCAL_MOL
 
 sys.path.insert(0, str(Path(__file__).parent))
 from report import print_markdown_table, write_report  # noqa: E402

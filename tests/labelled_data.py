@@ -11,7 +11,7 @@ from functools import lru_cache
 from ase.build import bulk, molecule
 
 from atomate2_otf.atoms import labelled_md_frames
-from atomate2_otf.bnn.data import StructureRecord
+from atomate2_otf.records import StructureRecord
 
 
 def xtb_calculator():

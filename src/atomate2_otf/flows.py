@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from jobflow import Flow, Maker, Response, job
 
+from atomate2_otf import defaults
 from atomate2_otf.atoms import to_atoms, to_pymatgen
 from atomate2_otf.bnn.calibration import check_confidence, check_threshold
 from atomate2_otf.bnn.prior import check_sigma_tl
@@ -25,11 +26,10 @@ from atomate2_otf.jobflow_compat import (
     route_segment,
     route_to_category,
 )
-from atomate2_otf.jobs import RunConfig, load_posterior, md_segment, prepare_run
+from atomate2_otf.jobs import RunConfig, md_segment, prepare_run
 from atomate2_otf.models.base import check_model_name
 from atomate2_otf.reference.makers import reference_names
 from atomate2_otf.reference.retry import RetryingGFN2xTBStaticMaker
-from atomate2_otf.schemas import EV_PER_KCAL_MOL
 from atomate2_otf.store import load_checkpoint, save_trajectory
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from atomate2_otf.md.settings import MDSettings
 
 #: the paper's ethanol threshold, 0.5 kcal/mol, in eV
-PAPER_ETHANOL_K = 0.5 * EV_PER_KCAL_MOL
+PAPER_ETHANOL_K = defaults.PAPER_ETHANOL_K
 
 
 def scaled_noise_schedule(n_steps: int) -> dict[str, int]:
@@ -55,17 +55,17 @@ class _MDMaker(Maker):
     """Settings shared by the Makers that run MD with a (fine-tuned) ensemble."""
 
     name: str = "otf md"
-    model: str = "chgnet"
+    model: str = defaults.MODEL
     model_kwargs: dict = field(default_factory=dict)
-    ensemble: str = "nvt"
-    temperature: float | list = 300.0
-    timestep_fs: float = 0.5
-    n_steps: int = 1000
-    friction_per_fs: float = 0.01
-    pressure_bar: float = 1.0
-    threshold: float = PAPER_ETHANOL_K
-    trajectory_interval: int = 10
-    seed: int = 0
+    ensemble: str = defaults.ENSEMBLE
+    temperature: float | list = defaults.TEMPERATURE_K
+    timestep_fs: float = defaults.TIMESTEP_FS
+    n_steps: int = defaults.N_STEPS
+    friction_per_fs: float = defaults.FRICTION_PER_FS
+    pressure_bar: float = defaults.PRESSURE_BAR
+    threshold: float = defaults.THRESHOLD
+    trajectory_interval: int = defaults.TRAJECTORY_INTERVAL
+    seed: int = defaults.SEED
 
     def md_settings(self, atoms: Atoms) -> MDSettings:
         """The validated MD settings, checked against ``atoms`` (no model is loaded)."""
@@ -113,17 +113,17 @@ class OTFMDMaker(_MDMaker):
     """
 
     reference_maker: Maker = field(default_factory=RetryingGFN2xTBStaticMaker)
-    confidence: float = 0.95
-    n_chains: int = 8
+    confidence: float = defaults.CONFIDENCE
+    n_chains: int = defaults.N_CHAINS
     sigma_tl: float | None = None
-    update_steps: int = 2000
+    update_steps: int = defaults.UPDATE_STEPS
     initial_update_steps: int | None = None
     sghmc: dict = field(default_factory=dict)
     energy_sigma: float | None = None
     calibration_a: float | None = None
     calibration_b: float | None = None
     n_workers: int | None = None
-    keep_checkpoints: int = 3
+    keep_checkpoints: int = defaults.KEEP_CHECKPOINTS
     max_reference_calls: int | None = None
     force_trigger_every: int | None = None
     progress: bool = False
@@ -204,7 +204,8 @@ class OTFMDMaker(_MDMaker):
 
 
 def ensemble_calculator(store: JobStore, checkpoint: str, threshold: float = PAPER_ETHANOL_K,
-                        model: str | None = None) -> PosteriorCalculator:
+                        model: str | None = None,
+                        model_kwargs: dict[str, Any] | None = None) -> PosteriorCalculator:
     """The fine-tuned ensemble of a checkpoint as an ASE calculator (mean E/F/S, and the
     uncertainty and P(|e| < threshold) in ``.results``).
 
@@ -217,28 +218,33 @@ def ensemble_calculator(store: JobStore, checkpoint: str, threshold: float = PAP
 
     store.connect()
     blob = load_checkpoint(store, checkpoint)
-    posterior = Posterior.from_bytes(blob, model=None if model is None else load_model(model))
+    posterior = Posterior.from_bytes(
+        blob, model=None if model is None else load_model(model, **(model_kwargs or {})))
     return PosteriorCalculator(posterior, threshold)
 
 
 @job(name="otf production md", config=STORE_CONFIG)
-def production_md(checkpoint: str, state: dict[str, Any], config: dict[str, Any]) -> dict:
-    """MD with a fine-tuned ensemble and no updates (energy is conserved in NVE)."""
+def production_md(checkpoint: str, state: dict[str, Any], md: dict[str, Any], run_id: str,
+                  threshold: float, model: str | None = None,
+                  model_kwargs: dict[str, Any] | None = None) -> dict:
+    """MD with a fine-tuned ensemble and no updates (energy is conserved in NVE).
+
+    The model is the one the checkpoint names, unless ``model`` names another registration
+    of the same weights.
+    """
     import time
 
-    from atomate2_otf.md.calculator import PosteriorCalculator
     from atomate2_otf.md.segment import MDSettings, run_segment
     from atomate2_otf.md.state import MDState
 
     started = time.perf_counter()
-    cfg = RunConfig.from_dict(config)
     store = current_store()
-    posterior = load_posterior(store, checkpoint, cfg)
-    calculator = PosteriorCalculator(posterior, cfg.threshold)
-    result = run_segment(MDState.from_dict(state), calculator, MDSettings.from_dict(cfg.md))
-    save_trajectory(store, cfg.run_id, 0, result.trajectory)
+    calculator = ensemble_calculator(store, checkpoint, threshold, model=model,
+                                     model_kwargs=model_kwargs)
+    result = run_segment(MDState.from_dict(state), calculator, MDSettings.from_dict(md))
+    save_trajectory(store, run_id, 0, result.trajectory)
     energies = [f["energy"] for f in result.trajectory]
-    return {"run_id": cfg.run_id, "checkpoint": checkpoint, "n_md_steps": result.state.step,
+    return {"run_id": run_id, "checkpoint": checkpoint, "n_md_steps": result.state.step,
             "final_state": result.state.to_dict(), "trajectory": result.trajectory,
             "max_energy_std": float(np.max([f.get("energy_std", 0.0)
                                             for f in result.trajectory])),
@@ -250,11 +256,13 @@ def production_md(checkpoint: str, state: dict[str, Any], config: dict[str, Any]
 class ProductionMDMaker(_MDMaker):
     """MD with the fine-tuned ensemble of a finished run, without updates.
 
-    ``checkpoint`` is the finished run's ``OTFRunDoc.final_checkpoint``; ``model`` must be
-    the model that run used.
+    ``checkpoint`` is the finished run's ``OTFRunDoc.final_checkpoint``; the checkpoint
+    names its model, so ``model`` stays None unless another registration of the same
+    weights should load it.
     """
 
     name: str = "otf production md"
+    model: str | None = None
     ensemble: str = "nve"
     checkpoint: str = ""
 
@@ -265,16 +273,15 @@ class ProductionMDMaker(_MDMaker):
         if not self.checkpoint:
             raise ValueError("ProductionMDMaker needs checkpoint= (a finished run's "
                              "OTFRunDoc.final_checkpoint)")
+        if self.model is not None:
+            check_model_name(self.model)
         atoms = to_atoms(structure)
         settings = self.md_settings(atoms)
         run_id = self.checkpoint.split(":")[0] + "-production-" + uuid.uuid4().hex[:6]
-        cfg = RunConfig(run_id=run_id, model=self.model, model_kwargs=dict(self.model_kwargs),
-                        reference="none", posterior={}, md=settings.to_dict(),
-                        threshold=check_threshold(self.threshold), confidence=0.5,
-                        update_steps=0, initial_update_steps=0, n_workers=1,
-                        formula=atoms.get_chemical_formula(mode="hill"))
         state = initial_state(atoms, settings, int(self.seed))
-        production = production_md(self.checkpoint, state.to_dict(), cfg.to_dict())
+        production = production_md(self.checkpoint, state.to_dict(), settings.to_dict(),
+                                   run_id, check_threshold(self.threshold), model=self.model,
+                                   model_kwargs=dict(self.model_kwargs) or None)
         production.name = self.name
         return production
 

@@ -27,7 +27,7 @@ from atomate2_otf.jobflow_compat import (
     route_to_category,
 )
 from atomate2_otf.reference.labels import elapsed_from_output, label_from_output
-from atomate2_otf.runtime import resources
+from atomate2_otf.resources import resources
 from atomate2_otf.schemas import ReferenceCall
 from atomate2_otf.store import (
     RetentionPolicy,
@@ -189,11 +189,11 @@ def md_segment(checkpoint: str, state: dict[str, Any], index: int, config: dict[
                reference_maker: Maker, pending_label: dict[str, Any] | None = None,
                run_started: float | None = None) -> Response:
     """Run MD with the ensemble mean until the trigger fires or the run's steps are done."""
-    from atomate2_otf.bnn.data import StructureRecord
     from atomate2_otf.md.calculator import PosteriorCalculator
     from atomate2_otf.md.segment import MDSettings, run_segment
     from atomate2_otf.md.state import MDState
     from atomate2_otf.md.trigger import CalibratedTrigger, TriggerEvent
+    from atomate2_otf.records import StructureRecord
 
     run_started = time.time() if run_started is None else run_started
     cfg = RunConfig.from_dict(config)

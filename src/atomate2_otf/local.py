@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
 from atomate2_otf.jobflow_compat import is_store_inputs
+from atomate2_otf.store import RUNS_STORE
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -46,8 +47,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: the JobStore's additional store that holds the journals
-RUNS_STORE = "runs"
 #: journal states; "queued" runs were submitted (batch) but not started, "interrupted" ones
 #: were stopped by a signal (SIGINT, SIGTERM) between or inside jobs
 UNFINISHED = ("queued", "running", "interrupted", "failed")

@@ -15,9 +15,6 @@ import numpy as np
 from pydantic import BaseModel, Field
 from pymatgen.core import Molecule, Structure
 
-#: eV per kcal/mol, to compare thresholds and errors with the paper's tables
-EV_PER_KCAL_MOL = 0.0433641043
-
 
 class ReferenceCall(BaseModel):
     """One reference calculation triggered during MD, seen by the model before its update."""

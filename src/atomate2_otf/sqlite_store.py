@@ -27,12 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from maggma.core import Sort, Store
-from monty.json import jsanitize
 
-try:  # maggma's own query engine for in-memory stores
-    from mongomock_ng.filtering import filter_applies
-except ImportError:  # pragma: no cover - older maggma releases use plain mongomock
-    from mongomock.filtering import filter_applies
+# maggma's own query engine for in-memory stores
+from mongomock_ng.filtering import filter_applies
+from monty.json import jsanitize
 
 DEFAULT_INDEXED = ("uuid", "index", "_key", "blob_uuid", "job_uuid", "run_id",
                    "metadata.otf_run_id", "metadata.otf_kind")

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import torch
 
-from atomate2_otf.bnn.data import StructureRecord
+from atomate2_otf.records import StructureRecord
 from atomate2_otf.bnn.checkpoint import pack_records, unpack_records
 
 

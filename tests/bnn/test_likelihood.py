@@ -3,7 +3,7 @@ import math
 import numpy as np
 import torch
 
-from atomate2_otf.bnn.data import StructureRecord
+from atomate2_otf.records import StructureRecord
 from atomate2_otf.bnn.likelihood import Targets, log_likelihood
 
 

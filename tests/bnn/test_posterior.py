@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from atomate2_otf.bnn.data import StructureRecord
+from atomate2_otf.records import StructureRecord
 from atomate2_otf.bnn.ensemble import combine_ensemble
 from atomate2_otf.bnn.posterior import Posterior, PosteriorConfig
 from atomate2_otf.bnn.sghmc import SGHMCConfig

@@ -9,7 +9,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.emt import EMT
 
 from atomate2_otf.atoms import record_from_atoms
-from atomate2_otf.bnn.data import StructureRecord
+from atomate2_otf.records import StructureRecord
 from atomate2_otf.md.segment import run_segment
 
 

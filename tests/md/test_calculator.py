@@ -5,7 +5,7 @@ import pytest
 from ase import Atoms
 
 from atomate2_otf.atoms import record_from_atoms
-from atomate2_otf.bnn.data import StructureRecord
+from atomate2_otf.records import StructureRecord
 from atomate2_otf.bnn.posterior import Posterior, PosteriorConfig
 from atomate2_otf.bnn.sghmc import SGHMCConfig
 from atomate2_otf.md.calculator import PosteriorCalculator

@@ -5,7 +5,7 @@ import pytest
 from ase import units
 from ase.calculators.emt import EMT
 
-from atomate2_otf.bnn.data import StructureRecord
+from atomate2_otf.records import StructureRecord
 from atomate2_otf.md.segment import MDSettings, initial_state, run_segment
 from tests.md.helpers import ScaledEMT, cu_cell, label_with
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from atomate2_otf.bnn.data import StructureRecord
+from atomate2_otf.records import StructureRecord
 from atomate2_otf.models.base import FoundationModel
 
 

@@ -25,7 +25,7 @@ pytest.importorskip("mace", reason="mace-torch is not installed (it has its own 
 from atomate2_otf.atoms import record_from_atoms  # noqa: E402
 from atomate2_otf.models.base import load_model  # noqa: E402
 from atomate2_otf.models.mace import (  # noqa: E402
-    MACECheckpointNotFound, MACEModel, load_mace, mace_mp_cache_path,
+    ModelNotCachedError, MACEModel, load_mace, mace_mp_cache_path,
     save_mace_state_dict)
 from tests.random_models.mace_random import build_scale_shift_mace  # noqa: E402
 from tests.models.conventions import (  # noqa: E402
@@ -180,7 +180,7 @@ def test_missing_mace_mp_file_names_file_and_folder(tmp_path, monkeypatch, check
     monkeypatch.setattr(urllib.request, "urlopen", no_network)
     cached, url = mace_mp_cache_path("medium")
     assert cached == tmp_path / "mace" / "20231203mace128L1_epoch199model"
-    with pytest.raises(MACECheckpointNotFound) as info:
+    with pytest.raises(ModelNotCachedError) as info:
         load_mace("medium")
     message = str(info.value)
     assert "20231203mace128L1_epoch199model" in message and str(tmp_path / "mace") in message

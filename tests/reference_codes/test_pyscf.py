@@ -13,11 +13,12 @@ from ase.build import bulk, molecule
 from jobflow import run_locally
 from pymatgen.io.ase import AseAtomsAdaptor
 
+from atomate2_otf.atoms import record_from_atoms
 from atomate2_otf.flows import OTFMDMaker
-from atomate2_otf.results import read_run_doc
 from atomate2_otf.reference import get_reference_maker, label_from_output
 from atomate2_otf.reference.pyscf import PySCFCalculator, PySCFStaticMaker
 from atomate2_otf.reference.retry import ReferenceCalculationError
+from atomate2_otf.results import read_run_doc
 from tests.reference_codes.conftest import energy_forces, needs_pyscf
 
 CHEAP = {"xc": "PBE", "basis": "sto-3g"}
@@ -61,7 +62,7 @@ def test_labels_equal_pyscf_called_directly(tmp_path, monkeypatch):
     atoms = water()
     job = PySCFStaticMaker(calculator_kwargs=dict(CHEAP)).make(as_molecule(atoms))
     responses = run_locally(job, log=False, ensure_success=True)
-    label = label_from_output(responses[job.uuid][1].output, len(atoms))
+    label = label_from_output(responses[job.uuid][1].output, record_from_atoms(atoms))
     mol = gto.M(atom=list(zip(atoms.get_chemical_symbols(), atoms.positions.tolist())),
                 unit="Angstrom", basis="sto-3g", verbose=0)
     mf = dft.RKS(mol, xc="PBE")

@@ -16,8 +16,8 @@ from ase.build import bulk, molecule
 from jobflow import run_locally
 from pymatgen.io.ase import AseAtomsAdaptor
 
+from atomate2_otf.atoms import record_from_atoms
 from atomate2_otf.flows import OTFMDMaker
-from atomate2_otf.results import read_run_doc
 from atomate2_otf.reference import get_reference_maker, label_from_output
 from atomate2_otf.reference.qe import (
     DEBIAN_PSEUDO_DIR,
@@ -26,6 +26,7 @@ from atomate2_otf.reference.qe import (
     pick_pseudopotentials,
 )
 from atomate2_otf.reference.retry import ReferenceCalculationError
+from atomate2_otf.results import read_run_doc
 from atomate2_otf.store import list_checkpoints
 from tests.reference_codes.conftest import energy_forces, needs_pw
 
@@ -113,7 +114,7 @@ def test_labels_equal_espresso_called_directly(tmp_path, monkeypatch):
     atoms = silicon()
     job = QEStaticMaker(**FAST).make(structure(atoms))
     responses = run_locally(job, log=False, ensure_success=True)
-    label = label_from_output(responses[job.uuid][1].output, len(atoms))
+    label = label_from_output(responses[job.uuid][1].output, record_from_atoms(atoms))
     input_data = {"control": {"tprnfor": True, "tstress": True},
                   "system": {"ecutwfc": 20.0, "ecutrho": 160.0, "occupations": "smearing",
                              "smearing": "gaussian", "degauss": 0.01},

@@ -16,10 +16,10 @@ def test_ethanol_demo_settings_calls_are_accurate_and_beat_the_untuned_model(sto
     below the untuned model's."""
     from ase.build import molecule
 
-    from atomate2_otf.cli import DEMO
+    from atomate2_otf.cli.parser import DEMO
     from atomate2_otf.flows import OTFMDMaker
     from atomate2_otf.reference.makers import get_reference_maker
-    from atomate2_otf.schemas import EV_PER_KCAL_MOL
+    from atomate2_otf.units import EV_PER_KCAL_MOL
 
     maker = OTFMDMaker(model="chgnet", reference_maker=get_reference_maker("gfn2-xtb"),
                        temperature=DEMO["temperature"], timestep_fs=DEMO["timestep"],

@@ -17,7 +17,7 @@ import torch
 
 from atomate2_otf.bnn import sghmc
 from atomate2_otf.bnn.calibration import GammaCalibration
-from atomate2_otf.bnn.data import StructureRecord
+from atomate2_otf.records import StructureRecord
 
 if TYPE_CHECKING:
     from atomate2_otf.bnn.posterior import Posterior

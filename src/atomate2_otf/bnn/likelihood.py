@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from atomate2_otf.bnn.data import StructureRecord
+from atomate2_otf.records import StructureRecord
 
 #: the paper's fixed stress std, 0.1/16 kcal/mol/A^3, in eV/A^3
 DEFAULT_STRESS_SIGMA = 0.1 / 16 * 0.0433641043

@@ -29,11 +29,11 @@ import torch
 from atomate2_otf.runtime import c_library
 
 if TYPE_CHECKING:
-    from atomate2_otf.bnn.data import StructureRecord
     from atomate2_otf.bnn.ensemble import ChainOutput
     from atomate2_otf.bnn.posterior import Posterior
     from atomate2_otf.bnn.sghmc import SGHMCConfig
     from atomate2_otf.models.base import FoundationModel
+    from atomate2_otf.records import StructureRecord
 
 logger = logging.getLogger(__name__)
 
@@ -164,8 +164,9 @@ class ChainPool:
     def __init__(self, model: FoundationModel, n_workers: int | None = None,
                  threads_per_worker: int = 1) -> None:
         if n_workers is None:
-            n_workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-                else (os.cpu_count() or 1)
+            from atomate2_otf.runtime import available_cpus
+
+            n_workers = available_cpus()
         if int(n_workers) < 1:
             raise ValueError(f"n_workers must be >= 1, got {n_workers!r}")
         if int(threads_per_worker) < 1:

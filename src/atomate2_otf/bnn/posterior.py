@@ -22,13 +22,13 @@ import torch
 from atomate2_otf.bnn import sghmc
 from atomate2_otf.bnn.calibration import GammaCalibration
 from atomate2_otf.bnn.checkpoint import posterior_from_bytes, posterior_to_bytes
-from atomate2_otf.bnn.data import StructureRecord
 from atomate2_otf.bnn.ensemble import ChainOutput, EnsemblePrediction, combine_ensemble
 from atomate2_otf.bnn.heads import DEFAULT_FORCE_SIGMA_SCALE, ForceNoiseHead
 from atomate2_otf.bnn.likelihood import DEFAULT_STRESS_SIGMA, Targets, log_likelihood
 from atomate2_otf.bnn.prior import TransferPrior, check_sigma_tl
 from atomate2_otf.bnn.sampling import draw_minibatch
 from atomate2_otf.bnn.space import ChainRNG, ParameterSpace
+from atomate2_otf.records import StructureRecord
 
 if TYPE_CHECKING:
     from atomate2_otf.bnn.parallel import ChainPool

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from ase.calculators.calculator import Calculator
     from ase.md.md import MolecularDynamics
 
-    from atomate2_otf.bnn.data import StructureRecord
+    from atomate2_otf.records import StructureRecord
 
 __all__ = [
     "ENSEMBLES", "MIN_DISTANCE", "LABEL_ATOL", "MDSettings", "MDState",

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from atomate2_otf.bnn.calibration import check_confidence
-from atomate2_otf.bnn.data import StructureRecord
+from atomate2_otf.records import StructureRecord
 
 
 class CalibratedTrigger:

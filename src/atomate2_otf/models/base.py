@@ -26,9 +26,15 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from atomate2_otf.bnn.data import StructureRecord
+from atomate2_otf.records import StructureRecord
 
 logger = logging.getLogger(__name__)
+
+
+
+class ModelNotCachedError(FileNotFoundError):
+    """A named model's weights are not in the local cache and nothing may be downloaded;
+    the message says which file to place where."""
 
 
 @dataclass(frozen=True)

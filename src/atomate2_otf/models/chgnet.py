@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from atomate2_otf.bnn.data import StructureRecord
 from atomate2_otf.models.base import FamilyDefaults, FoundationModel, ModelOutput
+from atomate2_otf.records import StructureRecord
 
 if TYPE_CHECKING:
     from chgnet.graph import CrystalGraph

@@ -57,8 +57,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from atomate2_otf.bnn.data import StructureRecord
-from atomate2_otf.models.base import FamilyDefaults, FoundationModel, ModelOutput
+from atomate2_otf.models.base import (
+    FamilyDefaults,
+    FoundationModel,
+    ModelNotCachedError,
+    ModelOutput,
+)
+from atomate2_otf.records import StructureRecord
 
 logger = logging.getLogger(__name__)
 
@@ -67,10 +72,6 @@ logger = logging.getLogger(__name__)
 _RADIUS = 6.0
 #: default task when a model has several: periodic materials (see the module docstring)
 DEFAULT_TASK = "omat"
-
-
-class ModelNotCachedError(FileNotFoundError):
-    """A named model is not in the local cache and nothing may be downloaded."""
 
 
 def fairchem_cache_dir() -> Path:

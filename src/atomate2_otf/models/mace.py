@@ -4,7 +4,7 @@ Loading. MACE-MP-0 is asked for by its mace name (``"small"``, ``"medium"``, ``"
 or any other key of mace's ``mace_mp_urls``), which resolves to the file mace's own
 ``mace_mp`` loader caches (``~/.cache/mace/<name>``, or ``$XDG_CACHE_HOME/mace``). mace would
 download a missing file; this adapter checks the cache first and, when the file is not
-there, raises :class:`MACECheckpointNotFound` naming the file and the folder instead, because
+there, raises :class:`ModelNotCachedError` naming the file and the folder instead, because
 on a machine without network the download would only wait for a timeout. Any other MACE
 file is loaded by path: a pickled whole module (the usual ``.model``, what ``torch.save``
 of a trained MACE writes) or a ``{"config", "state_dict"}`` dictionary (see
@@ -61,8 +61,14 @@ from typing import Any
 import mace  # noqa: F401
 import torch
 
-from atomate2_otf.bnn.data import StructureRecord
-from atomate2_otf.models.base import FamilyDefaults, FoundationModel, ModelOutput, periodic_stress
+from atomate2_otf.models.base import (
+    FamilyDefaults,
+    FoundationModel,
+    ModelNotCachedError,
+    ModelOutput,
+    periodic_stress,
+)
+from atomate2_otf.records import StructureRecord
 
 logger = logging.getLogger(__name__)
 
@@ -83,10 +89,6 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
         yield
     finally:
         torch.set_default_dtype(previous)
-
-
-class MACECheckpointNotFound(FileNotFoundError):
-    """A MACE-MP-0 name whose file is not in mace's cache (nothing is downloaded)."""
 
 
 def mace_mp_cache_path(name: str) -> tuple[Path, str]:
@@ -120,7 +122,7 @@ def resolve_mace_checkpoint(model: str | os.PathLike) -> Path:
             f"({', '.join(sorted(mace_mp_urls))})")
     cached, url = mace_mp_cache_path(str(model))
     if not cached.is_file():
-        raise MACECheckpointNotFound(
+        raise ModelNotCachedError(
             f"MACE-MP model {str(model)!r} is not in mace's cache and is not downloaded "
             f"here (no network): place the file {cached.name!r} in the folder "
             f"{str(cached.parent)!r} (full path {str(cached)!r}; mace's cache folder is "

@@ -43,8 +43,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from atomate2_otf.bnn.data import StructureRecord
-from atomate2_otf.models.base import FamilyDefaults, FoundationModel, ModelOutput, periodic_stress
+from atomate2_otf.models.base import (
+    FamilyDefaults,
+    FoundationModel,
+    ModelNotCachedError,
+    ModelOutput,
+    periodic_stress,
+)
+from atomate2_otf.records import StructureRecord
 
 logger = logging.getLogger(__name__)
 
@@ -56,10 +62,6 @@ NEQUIP_NET_MODELS: dict[str, str] = {
     "allegro-oam-l": "nequip.net:mir-group/Allegro-OAM-L:0.1",
 }
 _NEQUIP_NET_PREFIX = "nequip.net:"
-
-
-class ModelNotCachedError(FileNotFoundError):
-    """A named model is not in the local cache and nothing may be downloaded."""
 
 
 def nequip_cache_dir() -> Path:

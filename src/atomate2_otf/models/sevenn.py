@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from atomate2_otf.bnn.data import StructureRecord
 from atomate2_otf.models.base import FamilyDefaults, FoundationModel, ModelOutput, periodic_stress
+from atomate2_otf.records import StructureRecord
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ Any jobflow Maker whose ``make(structure)`` job outputs energy, forces and (peri
 stress can label structures for an on-the-fly run: atomate2's ASE Makers (below), its VASP
 ``StaticMaker`` (:func:`vasp_reference_maker`, registered as ``"vasp"``) or a user's own.
 :func:`label_from_output` reads such an output into the package's units, as a labelled
-:class:`~atomate2_otf.bnn.data.StructureRecord`.
+:class:`~atomate2_otf.records.StructureRecord`.
 
 Plugging in your own reference Maker
 ------------------------------------

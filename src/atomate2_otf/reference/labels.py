@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from ase.units import GPa
 
-from atomate2_otf.bnn.data import StructureRecord
+from atomate2_otf.records import StructureRecord
 
 #: eV/A^3 per kbar (1 kbar = 0.1 GPa)
 EV_PER_A3_PER_KBAR = 0.1 * GPa

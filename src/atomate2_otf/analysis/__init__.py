@@ -1,0 +1,1 @@
+"""Reading runs back: their state, their numbers and their figures."""

@@ -1,0 +1,129 @@
+"""The command line: every command, option and default of ``atomate2-otf``."""
+
+from __future__ import annotations
+
+import argparse
+
+from atomate2_otf import defaults
+
+DEFAULT_STORE = "otf-store"
+
+#: the demo: small enough for 2 CPU cores in minutes, the paper's ethanol setting otherwise
+DEMO = {"temperature": 300.0, "steps": 1000, "timestep": 0.5, "threshold_kcal": 1.0,
+        "chains": 4, "update_steps": 100, "initial_update_steps": 200}
+
+
+class UsageError(Exception):
+    """Bad input: reported in one line with exit status 2."""
+
+
+def _positive_float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def _temperatures(text: str) -> float | list[float]:
+    """"300" or "300,800,300" (a piecewise-linear schedule over the run)."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"temperature must be a number or a comma-separated list, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"no temperature in {text!r}")
+    return values[0] if len(values) == 1 else values
+
+
+STORE_HELP = ("store: a folder (embedded, created if missing), a jobflow store file "
+              "(.yaml/.json) or a mongodb:// URI (default: %(default)s)")
+
+
+def _add_run_options(run: argparse.ArgumentParser) -> None:
+    """The settings of an on-the-fly run (shared by ``run`` and ``batch``)."""
+    run.add_argument("--model", default=defaults.MODEL,
+                     help="foundation model (default: %(default)s)")
+    run.add_argument("--reference", default=defaults.REFERENCE,
+                     help="reference: gfn2-xtb, gfn1-xtb, emt, vasp, qe or pyscf "
+                          "(default: %(default)s)")
+    run.add_argument("--ensemble", default=defaults.ENSEMBLE, choices=["nvt", "nve", "npt"])
+    run.add_argument("--temperature", type=_temperatures, default=defaults.TEMPERATURE_K,
+                     help="K, or a schedule such as 300,800,300 (default: %(default)s)")
+    run.add_argument("--steps", type=int, default=defaults.N_STEPS,
+                     help="MD steps (default: %(default)s)")
+    run.add_argument("--timestep", type=_positive_float, default=defaults.TIMESTEP_FS,
+                     help="fs (default: %(default)s)")
+    run.add_argument("--threshold", type=_positive_float, default=defaults.THRESHOLD,
+                     help="energy-error threshold K in eV (default: 0.5 kcal/mol = "
+                          f"{defaults.THRESHOLD:.4f})")
+    run.add_argument("--confidence", type=_positive_float, default=defaults.CONFIDENCE,
+                     help="label when P(|e| < K) < this (default: %(default)s)")
+    run.add_argument("--chains", type=int, default=defaults.N_CHAINS,
+                     help="SGHMC chains (default: %(default)s)")
+    run.add_argument("--update-steps", type=int, default=defaults.UPDATE_STEPS,
+                     help="SGHMC steps per update (default: %(default)s)")
+    run.add_argument("--pressure", type=_positive_float, default=defaults.PRESSURE_BAR,
+                     help="bar, for npt (default: %(default)s)")
+    run.add_argument("--workers", type=int, default=None,
+                     help="processes for the SGHMC chains (default: one per CPU; 1: serial)")
+    run.add_argument("--seed", type=int, default=defaults.SEED)
+    run.add_argument("--store", default=DEFAULT_STORE, help=STORE_HELP)
+    run.add_argument("--work-dir", default=None,
+                     help="folder for the jobs' files (default: STORE/jobs for a folder store, "
+                          "./otf-jobs otherwise)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="atomate2-otf",
+        description="On-the-fly Bayesian fine-tuning of foundation potentials during MD.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log jobflow's progress")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="ethanol at 300 K, CHGNet fine-tuned on GFN2-xTB",
+                          description="Ethanol at 300 K for 1000 steps of 0.5 fs with CHGNet "
+                                      "(offline) fine-tuned on GFN2-xTB labels; a few minutes "
+                                      "on 2 CPU cores.")
+    demo.add_argument("--store", default=DEFAULT_STORE, help=STORE_HELP)
+    demo.add_argument("--steps", type=int, default=DEMO["steps"], help="MD steps")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--json", action="store_true", help="print the OTFRunDoc as JSON")
+
+    run = sub.add_parser("run", help="on-the-fly MD of one structure file",
+                         description="On-the-fly MD of one structure (any file ASE reads).")
+    run.add_argument("structure", help="structure file (POSCAR, CIF, XYZ, ...)")
+    _add_run_options(run)
+    run.add_argument("--json", action="store_true", help="print the OTFRunDoc as JSON on stdout")
+
+    batch = sub.add_parser(
+        "batch", help="one on-the-fly run per candidate material",
+        description="One on-the-fly run per structure file (folders are expanded). Each run "
+                    "is tagged with its formula and source file; an input that cannot run is "
+                    "reported and the others go on. Runs here one after another, or, with "
+                    "--launchpad, is submitted to FireWorks.")
+    batch.add_argument("sources", nargs="+", help="structure files and/or folders of them")
+    _add_run_options(batch)
+    batch.add_argument("--launchpad", default=None,
+                       help="FireWorks launchpad file: submit instead of running here")
+    batch.add_argument("--route-workers", action="store_true",
+                       help="FireWorks categories: reference jobs to 'otf_reference', MD "
+                            "segments and updates to 'otf_md' (examples/my_fworker_*.yaml)")
+    batch.add_argument("--json", action="store_true", help="status rows as JSON on stdout")
+
+    resume = sub.add_parser(
+        "resume", help="finish the unfinished runs of a store",
+        description="Finish every run of the store that was killed, failed or never started "
+                    "(batch), from its journal: finished reference calculations are reused.")
+    resume.add_argument("--store", default=DEFAULT_STORE, help=STORE_HELP)
+    resume.add_argument("--run", action="append", dest="runs", default=None, metavar="RUN_ID",
+                        help="resume only this run (repeatable)")
+    resume.add_argument("--json", action="store_true",
+                        help="print the finished OTFRunDoc as JSON (a list if several)")
+
+    status = sub.add_parser("status", help="one row per run in a store")
+    status.add_argument("--store", default=DEFAULT_STORE, help=STORE_HELP)
+    status.add_argument("--launchpad", default=None,
+                        help="FireWorks launchpad file: states of submitted runs from there")
+    status.add_argument("--json", action="store_true", help="rows as JSON")
+    return parser

@@ -81,7 +81,8 @@ def test_production_md_uses_the_final_ensemble_without_updates(store):
     run_locally(flow, store=store, log=False, ensure_success=True, raise_immediately=True)
     doc = final_doc(store, flow)
     kept = list_checkpoints(store, doc.run_id)
-    production = ProductionMDMaker(checkpoint=doc.final_checkpoint, model="toy", ensemble="nve",
+    # no model=: the checkpoint names the model it was made with
+    production = ProductionMDMaker(checkpoint=doc.final_checkpoint, ensemble="nve",
                                    n_steps=40, timestep_fs=1.0, trajectory_interval=1,
                                    threshold=0.05).make(doc.final_structure)
     responses = run_locally(production, store=store, log=False, ensure_success=True,
@@ -102,6 +103,13 @@ def test_production_md_needs_a_checkpoint():
 
     with pytest.raises(ValueError, match="checkpoint"):
         ProductionMDMaker().make(copper())
+
+
+def test_production_md_refuses_an_unknown_model_before_running():
+    from atomate2_otf.flows import ProductionMDMaker
+
+    with pytest.raises(ValueError, match="no-such-model"):
+        ProductionMDMaker(checkpoint="run:0", model="no-such-model").make(copper())
 
 
 def test_flat_local_runner_gives_the_run_that_run_locally_gives(store, tmp_path):

@@ -51,3 +51,35 @@ def test_workers_exit_when_their_parent_is_killed(where):
     while any(alive(pid) for pid in pids):
         assert time.monotonic() - start < 10, f"workers {pids} outlived their parent"
         time.sleep(0.1)
+
+
+UNGUARDED = """
+from atomate2_otf.bnn.parallel import ChainPool
+from atomate2_otf.bnn.posterior import Posterior, PosteriorConfig
+from atomate2_otf.bnn.sghmc import SGHMCConfig
+from atomate2_otf.records import StructureRecord
+from tests.toy_model import ToyModel
+
+model = ToyModel()
+posterior = Posterior(model, PosteriorConfig(n_chains=2, sghmc=SGHMCConfig(
+    n_steps=5, burn_in=1, ramp=1, batch_size=2)))
+positions = [[0, 0, 0], [1.1, 0, 0], [0, 1.2, 0]]
+posterior.add_labels([StructureRecord([6, 1, 1], positions, energy=-1.0 - 0.1 * i,
+                                      forces=[[0.1 * i, 0, 0]] * 3) for i in range(3)])
+pool = ChainPool(model, n_workers=2)
+posterior.update(pool=pool)
+print("updated")
+"""
+
+
+def test_an_unguarded_script_gets_an_error_not_a_hang(tmp_path):
+    """Spawned workers re-import the main script; without an ``if __name__ ==
+    "__main__":`` guard they die making their own pool. The parent must say so instead of
+    waiting for ever on a task pipe nobody reads."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED)
+    out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=subprocess_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "updated" not in out.stdout
+    assert "exited while starting" in out.stderr and "__main__" in out.stderr, \
+        out.stderr[-2000:]

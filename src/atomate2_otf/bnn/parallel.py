@@ -19,6 +19,7 @@ import pickle
 import queue
 import signal
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _PROGRESS_EVERY = 25
+#: the token of a worker's start-up message (tasks count from 1)
+_READY = 0
 
 
 #: seconds between checks that the parent process still lives, while a worker waits
@@ -86,6 +89,7 @@ def _worker_main(model_bytes: bytes, threads: int, tasks: Connection, results: A
     # Plain pickle bytes, not the model object: multiprocessing would hand every worker
     # the same shared-memory parameters, and loading a chain into them would race.
     model = pickle.loads(model_bytes)
+    results.put((_READY, "ready", os.getpid()))
     replica: Posterior | None = None
     while True:
         while not tasks.poll(_PARENT_CHECK_S):
@@ -159,10 +163,12 @@ class ChainPool:
         model: the foundation model (sent to each worker once, at start).
         n_workers: processes; default: the CPUs this process may use.
         threads_per_worker: torch threads in each worker (1 is best for small systems).
+        startup_timeout_s: the longest wait for the workers to load the model, checked
+            before the first task (a worker that died while starting is reported at once).
     """
 
     def __init__(self, model: FoundationModel, n_workers: int | None = None,
-                 threads_per_worker: int = 1) -> None:
+                 threads_per_worker: int = 1, startup_timeout_s: float = 600.0) -> None:
         if n_workers is None:
             from atomate2_otf.runtime import available_cpus
 
@@ -193,6 +199,33 @@ class ChainPool:
                 self._workers.append(worker)
         self._token = 0
         self._synced: list[tuple[str, int] | None] = [None] * len(self._workers)
+        self._ready: set[int] = set()
+        self._startup_timeout_s = float(startup_timeout_s)
+
+    def _await_ready(self) -> None:
+        """Wait until every worker has loaded its model, before the first task is sent.
+
+        A task sent to a worker that never reads would block on the pipe for good; a worker
+        dies or stalls at start-up when, for example, a script without an ``if __name__ ==
+        "__main__":`` guard makes the pool (spawned workers re-import the script)."""
+        deadline = time.monotonic() + self._startup_timeout_s
+        hint = ("chain workers are spawned processes that re-import the main script: a "
+                "script that updates a posterior with workers must guard its code with "
+                "'if __name__ == \"__main__\":'")
+        while len(self._ready) < self.n_workers:
+            try:
+                token, kind, body = self._results.get(timeout=1.0)
+            except queue.Empty:
+                dead = [(w.pid, w.exitcode) for w in self._workers if not w.is_alive()]
+                if dead:
+                    raise RuntimeError(f"chain worker process(es) (pid, exit code) {dead} "
+                                       f"exited while starting; {hint}") from None
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"chain workers not ready after "
+                                       f"{self._startup_timeout_s:.0f} s; {hint}") from None
+                continue
+            if kind == "ready":
+                self._ready.add(int(body))
 
     @property
     def pids(self) -> list[int]:
@@ -209,6 +242,7 @@ class ChainPool:
 
     def _send(self, kind: str, posterior: Posterior, payload: Any) -> tuple[int, int]:
         """Send a task to every worker that owns chains; the posterior only if stale."""
+        self._await_ready()
         self._token += 1
         key = (posterior.uid, posterior.revision)
         blob = None

@@ -20,7 +20,7 @@ posterior update), the odd ones are held out.
    is better; the coverage of the central 95 % interval is reported beside it.
 
 JSON beside the table: the grid, every score, the choice. The families without offline
-weights (MACE, NequIP, fairchem) keep the paper's values (README defaults table).
+weights (MACE, NequIP, fairchem) keep the paper's values (docs/models.md, family defaults).
 
 Usage: python benchmarks/defaults.py [--models chgnet sevenn-0] [--sigmas 0.05 0.2 0.5]
        [--step-sizes 1e-4 3e-4 1e-3] [--steps 300] [--chains 4] [--workers 2]

@@ -28,7 +28,6 @@ from atomate2_otf.jobflow_compat import (
 )
 from atomate2_otf.jobs import RunConfig, md_segment, prepare_run
 from atomate2_otf.models.base import check_model_name
-from atomate2_otf.reference.makers import reference_names
 from atomate2_otf.reference.retry import RetryingGFN2xTBStaticMaker
 from atomate2_otf.store import load_checkpoint, save_trajectory
 
@@ -284,8 +283,3 @@ class ProductionMDMaker(_MDMaker):
                                    model_kwargs=dict(self.model_kwargs) or None)
         production.name = self.name
         return production
-
-
-def known_reference_names() -> list[str]:
-    """Reference names the CLI accepts (re-exported for the CLI's help)."""
-    return reference_names()

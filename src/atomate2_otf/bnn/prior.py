@@ -30,10 +30,6 @@ class TransferPrior:
     def __post_init__(self) -> None:
         self.sigma = check_sigma_tl(self.sigma)
 
-    def log_prob(self, theta: torch.Tensor) -> torch.Tensor:
-        """log p(theta) up to a constant, for [P] or stacked [M, P] parameters."""
-        return -0.5 * ((theta - self.center) ** 2).sum(-1) / self.sigma**2
-
     def grad_neg_log_prob(self, theta: torch.Tensor) -> torch.Tensor:
         """Gradient of -log p(theta) in closed form (no autograd needed)."""
         return (theta - self.center) / self.sigma**2

@@ -41,12 +41,6 @@ class ParameterSpace:
                 p.copy_(vector[offset:offset + p.numel()].view_as(p))
                 offset += p.numel()
 
-    def flatten(self, tensors: Sequence[torch.Tensor | None]) -> torch.Tensor:
-        return torch.cat([
-            torch.zeros(p.numel(), dtype=p.dtype) if g is None else g.reshape(-1)
-            for p, g in zip(self.parameters, tensors, strict=True)
-        ])
-
     def add_flat(self, out: torch.Tensor,
                  tensors: Sequence[torch.Tensor | None]) -> torch.Tensor:
         """``out += flatten(tensors)`` in place (None counts as zeros); returns ``out``."""

@@ -113,10 +113,6 @@ class TemperatureSchedule:
     def min_temperature(self) -> float:
         return min(t for _, t in self.knots)
 
-    @property
-    def max_temperature(self) -> float:
-        return max(t for _, t in self.knots)
-
     def to_list(self) -> list[list[float]]:
         """Plain ``[[fraction, T_K], ...]`` for JSON; :meth:`from_spec` reads it back."""
         return [[f, t] for f, t in self.knots]

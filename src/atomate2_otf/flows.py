@@ -17,7 +17,7 @@ from jobflow import Flow, Maker, Response, job
 
 from atomate2_otf import defaults
 from atomate2_otf.atoms import to_atoms, to_pymatgen
-from atomate2_otf.bnn.calibration import check_confidence, check_threshold
+from atomate2_otf.bnn.calibration import check_confidence, check_ema_decay, check_threshold
 from atomate2_otf.bnn.prior import check_sigma_tl
 from atomate2_otf.jobflow_compat import (
     STORE_CONFIG,
@@ -99,6 +99,10 @@ class OTFMDMaker(_MDMaker):
         sghmc: further SGHMCConfig fields (batch_size, burn_in, ramp, ...).
         energy_sigma: fixed energy noise std (eV); None gives 0.1 * threshold (METHOD.md).
         calibration_a, calibration_b: Gamma prior of the calibration (None: family default).
+        calibration_ema: None (the exact calibration, the paper's) or a decay in (0, 1):
+            each new error weighs 1 and older ones are multiplied by the decay, so the
+            calibration follows an error scale that drifts (a temperature ramp, a phase
+            change); 0.9 remembers about the last ten calls.
         n_workers: processes for the chains (None: one per CPU; 0/1: serial).
         keep_checkpoints: newest checkpoints kept by the retention policy.
         max_reference_calls: stop with an error past this many calls (None: no limit).
@@ -121,6 +125,7 @@ class OTFMDMaker(_MDMaker):
     energy_sigma: float | None = None
     calibration_a: float | None = None
     calibration_b: float | None = None
+    calibration_ema: float | None = None
     n_workers: int | None = None
     keep_checkpoints: int = defaults.KEEP_CHECKPOINTS
     max_reference_calls: int | None = None
@@ -162,6 +167,7 @@ class OTFMDMaker(_MDMaker):
             n_chains=self.n_chains, sigma_tl=self.sigma_tl,
             energy_sigma=self.energy_sigma or 0.1 * threshold,
             calibration_a=self.calibration_a, calibration_b=self.calibration_b,
+            calibration_ema=check_ema_decay(self.calibration_ema),
             sghmc=sghmc, seed=int(self.seed))
         reference = getattr(self.reference_maker, "name", type(self.reference_maker).__name__)
         return RunConfig(

@@ -59,10 +59,7 @@ class GammaCalibration:
     def __post_init__(self) -> None:
         self.a = _check_positive("calibration shape a", self.a)
         self.b = _check_positive("calibration rate b", self.b)
-        if self.ema_decay is not None and not 0.0 < float(self.ema_decay) < 1.0:
-            raise ValueError(
-                f"ema_decay must be None (exact update) or lie in (0, 1), got {self.ema_decay!r}"
-            )
+        self.ema_decay = check_ema_decay(self.ema_decay)
 
     # -- posterior -------------------------------------------------------------------------
     @property
@@ -144,3 +141,17 @@ class GammaCalibration:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GammaCalibration:
         return cls(**data)
+
+
+def check_ema_decay(decay: Any) -> float | None:
+    """None (the exact calibration) or a decay in (0, 1) of the exponentially weighted one."""
+    if decay is None:
+        return None
+    try:
+        value = float(decay)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if isinstance(decay, bool) or not 0.0 < value < 1.0:
+        raise ValueError(f"calibration_ema (ema_decay) must be None (the exact calibration) "
+                         f"or a number in (0, 1), e.g. 0.9; got {decay!r}")
+    return value

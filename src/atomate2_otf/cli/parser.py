@@ -59,6 +59,9 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
                           f"{defaults.THRESHOLD:.4f})")
     run.add_argument("--confidence", type=_positive_float, default=defaults.CONFIDENCE,
                      help="label when P(|e| < K) < this (default: %(default)s)")
+    run.add_argument("--calibration-ema", type=_positive_float, default=None, metavar="DECAY",
+                     help="follow a drifting error scale: exponentially weighted calibration "
+                          "with this decay in (0, 1), e.g. 0.9 (default: exact, the paper's)")
     run.add_argument("--chains", type=int, default=defaults.N_CHAINS,
                      help="SGHMC chains (default: %(default)s)")
     run.add_argument("--update-steps", type=int, default=defaults.UPDATE_STEPS,

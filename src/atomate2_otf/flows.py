@@ -16,7 +16,7 @@ import numpy as np
 from jobflow import Flow, Maker, Response, job
 
 from atomate2_otf import defaults
-from atomate2_otf.atoms import to_atoms, to_pymatgen
+from atomate2_otf.atoms import to_atoms
 from atomate2_otf.bnn.calibration import check_confidence, check_ema_decay, check_threshold
 from atomate2_otf.bnn.prior import check_sigma_tl
 from atomate2_otf.jobflow_compat import (
@@ -26,7 +26,7 @@ from atomate2_otf.jobflow_compat import (
     route_segment,
     route_to_category,
 )
-from atomate2_otf.jobs import RunConfig, md_segment, prepare_run
+from atomate2_otf.jobs import RunConfig, md_segment, prepare_run, reference_job
 from atomate2_otf.models.base import check_model_name
 from atomate2_otf.reference.retry import RetryingGFN2xTBStaticMaker
 from atomate2_otf.store import load_checkpoint, save_trajectory
@@ -39,8 +39,6 @@ if TYPE_CHECKING:
     from atomate2_otf.md.calculator import PosteriorCalculator
     from atomate2_otf.md.settings import MDSettings
 
-#: the paper's ethanol threshold, 0.5 kcal/mol, in eV
-PAPER_ETHANOL_K = defaults.PAPER_ETHANOL_K
 
 
 def scaled_noise_schedule(n_steps: int) -> dict[str, int]:
@@ -188,11 +186,7 @@ class OTFMDMaker(_MDMaker):
         atoms = to_atoms(structure)
         cfg = self.run_config(atoms)
         state = initial_state(atoms, MDSettings.from_dict(cfg.md), int(self.seed))
-        reference = self.reference_maker.make(to_pymatgen(atoms))
-        reference.name = "otf reference 0"
-        if not isinstance(reference, Flow):
-            reference.metadata = {**(reference.metadata or {}), **cfg.metadata("reference", 0),
-                                  "otf_md_step": 0}
+        reference = reference_job(self.reference_maker, atoms, 0, cfg, md_step=0)
         prepare = prepare_run(reference.output, state.to_dict(), cfg.to_dict())
         prepare.metadata = cfg.metadata("prepare", 0)
         segment = md_segment(prepare.output["checkpoint"], prepare.output["state"], 0,
@@ -208,7 +202,7 @@ class OTFMDMaker(_MDMaker):
                     name=f"{self.name} {cfg.formula}")
 
 
-def ensemble_calculator(store: JobStore, checkpoint: str, threshold: float = PAPER_ETHANOL_K,
+def ensemble_calculator(store: JobStore, checkpoint: str, threshold: float = defaults.THRESHOLD,
                         model: str | None = None,
                         model_kwargs: dict[str, Any] | None = None) -> PosteriorCalculator:
     """The fine-tuned ensemble of a checkpoint as an ASE calculator (mean E/F/S, and the

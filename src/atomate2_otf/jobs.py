@@ -26,6 +26,7 @@ from atomate2_otf.jobflow_compat import (
     route_store_inputs,
     route_to_category,
 )
+from atomate2_otf.records import StructureRecord
 from atomate2_otf.reference.labels import elapsed_from_output, label_from_output
 from atomate2_otf.resources import resources
 from atomate2_otf.schemas import ReferenceCall
@@ -131,7 +132,7 @@ def prepare_run(reference_output: Any, state: dict[str, Any],
     cfg = RunConfig.from_dict(config)
     store = current_store()
     md_state = MDState.from_dict(state)
-    structure = record_from_atoms(md_state.to_atoms())
+    structure = StructureRecord(md_state.numbers, md_state.positions, md_state.cell, md_state.pbc)
     label = label_from_output(reference_output, structure,
                               where="reference call 0 (the initial structure)")
     reference_s = elapsed_from_output(reference_output)
@@ -193,7 +194,6 @@ def md_segment(checkpoint: str, state: dict[str, Any], index: int, config: dict[
     from atomate2_otf.md.segment import MDSettings, run_segment
     from atomate2_otf.md.state import MDState
     from atomate2_otf.md.trigger import CalibratedTrigger, TriggerEvent
-    from atomate2_otf.records import StructureRecord
 
     run_started = time.time() if run_started is None else run_started
     cfg = RunConfig.from_dict(config)
@@ -239,7 +239,7 @@ def md_segment(checkpoint: str, state: dict[str, Any], index: int, config: dict[
     event = TriggerEvent.from_trigger(trigger, record_from_atoms(result.pending),
                                       md_step=result.state.step + 1, md_s=md_s)
     k = index + 1
-    reference = _reference_job(reference_maker, result.pending, k, cfg, event.md_step)
+    reference = reference_job(reference_maker, result.pending, k, cfg, event.md_step)
     update = update_posterior(reference.output, checkpoint, event.to_dict(), k, cfg.to_dict())
     update.name = f"otf update {k}"
     update.metadata = cfg.metadata("update", k)
@@ -266,8 +266,9 @@ def md_segment(checkpoint: str, state: dict[str, Any], index: int, config: dict[
                             "md_step": event.md_step})
 
 
-def _reference_job(maker: Maker, atoms: Any, index: int, cfg: RunConfig, md_step: int):
-    """The reference Maker's job (or flow) for one structure, named routably."""
+def reference_job(maker: Maker, atoms: Any, index: int, cfg: RunConfig, md_step: int):
+    """The reference Maker's job (or flow) for call ``index`` of a run, named and tagged
+    (run id, kind, index, MD step) so that status queries and worker routing find it."""
     reference = maker.make(to_pymatgen(atoms))
     reference.name = f"otf reference {index}"
     if hasattr(reference, "metadata") and not isinstance(reference, Flow):

@@ -202,6 +202,10 @@ class ChainPool:
         self._ready: set[int] = set()
         self._startup_timeout_s = float(startup_timeout_s)
 
+    def _dead_workers(self) -> list[tuple[int | None, int | None]]:
+        """(pid, exit code) of every worker that is no longer running."""
+        return [(w.pid, w.exitcode) for w in self._workers if not w.is_alive()]
+
     def _await_ready(self) -> None:
         """Wait until every worker has loaded its model, before the first task is sent.
 
@@ -216,7 +220,7 @@ class ChainPool:
             try:
                 token, kind, body = self._results.get(timeout=1.0)
             except queue.Empty:
-                dead = [(w.pid, w.exitcode) for w in self._workers if not w.is_alive()]
+                dead = self._dead_workers()
                 if dead:
                     raise RuntimeError(f"chain worker process(es) (pid, exit code) {dead} "
                                        f"exited while starting; {hint}") from None
@@ -266,10 +270,10 @@ class ChainPool:
             try:
                 message_token, kind, body = self._results.get(timeout=5.0)
             except queue.Empty:
-                dead = [w.pid for w in self._workers if not w.is_alive()]
+                dead = self._dead_workers()
                 if dead:
                     self._synced = [None] * self.n_workers
-                    raise RuntimeError(f"chain worker process(es) {dead} died") from None
+                    raise RuntimeError(f"chain worker process(es) (pid, exit code) {dead} died") from None
                 continue
             if message_token != token:  # left over from a task that failed earlier
                 continue

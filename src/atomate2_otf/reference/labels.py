@@ -31,11 +31,18 @@ def _get(obj: Any, key: str) -> Any:
     return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
 
 
+def _task_output(output: Any) -> Any:
+    """The ``output`` part of an atomate2 task document (or its dict form); None for a
+    plain label dict."""
+    inner = _get(output, "output")
+    return inner if inner is not None and _get(inner, "energy") is not None else None
+
+
 def elapsed_from_output(output: Any) -> float | None:
     """Wall seconds the reference reported (atomate2's ``output.elapsed_time``, custodian's
     run statistics for VASP, ``elapsed_s`` of a plain dict), or None."""
-    inner = _get(output, "output")
-    if inner is not None and _get(inner, "energy") is not None:
+    inner = _task_output(output)
+    if inner is not None:
         elapsed = _get(inner, "elapsed_time")
         if elapsed is None:  # VASP task documents: custodian's run statistics
             overall = (_get(output, "run_stats") or {}).get("overall")
@@ -56,8 +63,8 @@ def label_from_output(output: Any, structure: StructureRecord, *,
     labels are attached to ``structure`` itself (the positions the MD step must land on),
     not to the reference's copy, which a code may have wrapped or rounded.
     """
-    inner = _get(output, "output")
-    if inner is not None and _get(inner, "energy") is not None:
+    inner = _task_output(output)
+    if inner is not None:
         energy, forces, stress_raw = (_get(inner, k) for k in ("energy", "forces", "stress"))
         stress = None if stress_raw is None else kbar_to_ase_stress(stress_raw)
     else:

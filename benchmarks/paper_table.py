@@ -24,7 +24,6 @@ Usage: python benchmarks/paper_table.py --model chgnet --md-steps 2000 --update-
 from __future__ import annotations
 
 import argparse
-import math
 import platform
 import resource
 import sys
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from atomate2_otf.stats import wilson_interval
 from atomate2_otf.units import EV_PER_KCAL_MOL
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -41,16 +41,6 @@ from report import print_markdown_table, write_report  # noqa: E402
 #: the paper's ethanol numbers (sec. 5.2, MACE, 10 ps)
 PAPER = {"calls_per_ps": 6.5, "share_calls_above_k": 0.0455, "rmse_finetuned_kcal": 0.142,
          "rmse_untuned_kcal": 0.958, "frames_above_k": 1, "n_frames": 150}
-
-
-def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95 % Wilson score interval of a binomial proportion k / n."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def run_otf(args: argparse.Namespace):

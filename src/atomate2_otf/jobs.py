@@ -147,7 +147,7 @@ def prepare_run(reference_output: Any, state: dict[str, Any],
     md_state.energy = label.energy
     md_state.forces = np.asarray(label.forces)
     md_state.stress = None if label.stress is None else np.asarray(label.stress)
-    call = ReferenceCall(index=0, md_step=md_state.step, reference_energy=label.energy,
+    call = ReferenceCall(index=0, kind="initial", md_step=md_state.step, reference_energy=label.energy,
                          reference_s=reference_s, update_s=update_s, checkpoint=key)
     return {"checkpoint": key, "state": md_state.to_dict(), "call": call.model_dump(),
             "energy_offset": posterior.energy_offset, "run_started": run_started}
@@ -180,6 +180,7 @@ def update_posterior(reference_output: Any, checkpoint: str, trigger: dict[str, 
         index=index, md_step=event.md_step, reference_energy=label.energy,
         predicted_energy=event.energy, error=observed.error, sigma=observed.sigma,
         prob_within=event.prob_within, untuned_error=observed.untuned_error,
+        predictive_scale=observed.predictive_scale, predictive_dof=observed.predictive_dof,
         md_s=event.md_s, reference_s=reference_s, update_s=update_s, checkpoint=key)
     # the label goes back to the next segment, which replays the triggering step with it
     return {"checkpoint": key, "call": call.model_dump(), "label": label.to_dict()}

@@ -101,11 +101,15 @@ def _fingerprint(vector: torch.Tensor) -> str:
 @dataclass
 class Observation:
     """One label scored before it was learnt: the ensemble's energy error (eV, prediction
-    minus reference), its calibrated std and the untuned model's error."""
+    minus reference), its predicted std, the untuned model's error, and the calibrated
+    Student-t predictive law of the error (scale, eV, and degrees of freedom) as it stood
+    before this error joined the calibration (the report's coverage curve needs it)."""
 
     error: float
     sigma: float
     untuned_error: float
+    predictive_scale: float
+    predictive_dof: float
 
 
 class Posterior:
@@ -190,9 +194,12 @@ class Posterior:
         error = float(predicted_energy) - record.energy
         sigma = float(energy_std)
         untuned = float(self.predict_untuned([record.unlabelled()]).energy[0]) - record.energy
+        scale = float(self.calibration.predictive_scale(sigma))
+        dof = float(self.calibration.dof)
         self.calibration.update(np.array([error]), np.array([sigma]))
         self.add_labels([record])
-        return Observation(error=error, sigma=sigma, untuned_error=untuned)
+        return Observation(error=error, sigma=sigma, untuned_error=untuned,
+                           predictive_scale=scale, predictive_dof=dof)
 
     # -- evaluation ------------------------------------------------------------------------
     def _forward(self, batch: Any, compute_stress: bool, create_graph: bool):

@@ -6,6 +6,7 @@
 - ``OTF_CALL_LOG``: a file that gets one line per finished calculation, and
   ``OTF_CALL_LOG.starts`` one line per reference job that started calculating (so a test
   counts repeated reference calculations across processes, killed ones included);
+- ``OTF_AUDIT``: the run's ``audit_fraction`` (default 0: no audit);
 - ``OTF_CRASH_PHASE`` (``segment``, ``reference`` or ``update``) and ``OTF_CRASH_INDEX``
   (k): when the run is inside that phase of cycle k it writes ``OTF_CRASH_FLAG`` and
   sleeps, so that the test can ``kill -9`` it there. Resumed processes have no crash phase.
@@ -64,13 +65,16 @@ class LoggedEMTMaker(EMTStaticMaker):
         return LoggedEMT(**self.calculator_kwargs)
 
 
-def toy_run_maker(n_steps: int = 40, seed: int = 11):
+def toy_run_maker(n_steps: int = 40, seed: int = 11, audit_fraction: float | None = None):
     from atomate2_otf.flows import OTFMDMaker
 
+    if audit_fraction is None:
+        audit_fraction = float(os.environ.get("OTF_AUDIT", "0"))
     return OTFMDMaker(model="tests.toy_model:ToyModel", reference_maker=LoggedEMTMaker(),
                       n_steps=n_steps, timestep_fs=1.0, temperature=300.0, n_chains=2,
                       update_steps=20, initial_update_steps=20, n_workers=1,
-                      force_trigger_every=6, trajectory_interval=5, threshold=0.05, seed=seed)
+                      force_trigger_every=6, trajectory_interval=5, threshold=0.05, seed=seed,
+                      audit_fraction=audit_fraction)
 
 
 def copper():

@@ -26,3 +26,4 @@ UPDATE_STEPS = 2000  # the paper's SGHMC steps per update
 TRAJECTORY_INTERVAL = 10
 KEEP_CHECKPOINTS = 3
 SEED = 0
+AUDIT_FRACTION = 0.0  # the online audit is off unless asked for (each audit is a reference call)

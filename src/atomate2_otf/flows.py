@@ -27,6 +27,7 @@ from atomate2_otf.jobflow_compat import (
     route_to_category,
 )
 from atomate2_otf.jobs import RunConfig, md_segment, prepare_run, reference_job
+from atomate2_otf.md.trigger import check_audit_fraction
 from atomate2_otf.models.base import check_model_name
 from atomate2_otf.reference.retry import RetryingGFN2xTBStaticMaker
 from atomate2_otf.store import load_checkpoint, save_trajectory
@@ -101,6 +102,13 @@ class OTFMDMaker(_MDMaker):
             each new error weighs 1 and older ones are multiplied by the decay, so the
             calibration follows an error scale that drifts (a temperature ramp, a phase
             change); 0.9 remembers about the last ten calls.
+        audit_fraction: the online audit, off at 0 (the default): a share in (0, 1) of the
+            MD steps the trigger let pass is labelled anyway, drawn from the run's seed (a
+            resumed run audits the same steps). Each audited frame's error is recorded
+            before its label joins the calibration and the data; the run document reports
+            the audited miss rate (|error| > K) with its 95 % Wilson interval and the RMSE
+            of the fine-tuned and untuned model there. An audit costs a reference call, not
+            an update, and never takes the last call of ``max_reference_calls``.
         n_workers: processes for the chains (None: one per CPU; 0/1: serial).
         keep_checkpoints: newest checkpoints kept by the retention policy.
         max_reference_calls: stop with an error past this many calls (None: no limit).
@@ -124,6 +132,7 @@ class OTFMDMaker(_MDMaker):
     calibration_a: float | None = None
     calibration_b: float | None = None
     calibration_ema: float | None = None
+    audit_fraction: float = defaults.AUDIT_FRACTION
     n_workers: int | None = None
     keep_checkpoints: int = defaults.KEEP_CHECKPOINTS
     max_reference_calls: int | None = None
@@ -140,6 +149,7 @@ class OTFMDMaker(_MDMaker):
         categories = check_worker_categories(self.worker_categories)
         threshold = check_threshold(self.threshold)
         confidence = check_confidence(self.confidence)
+        audit_fraction = check_audit_fraction(self.audit_fraction)
         if self.sigma_tl is not None:
             check_sigma_tl(self.sigma_tl)
         for name in ("update_steps", "keep_checkpoints"):
@@ -176,7 +186,8 @@ class OTFMDMaker(_MDMaker):
             keep_checkpoints=int(self.keep_checkpoints),
             max_reference_calls=self.max_reference_calls,
             force_trigger_every=self.force_trigger_every, progress=bool(self.progress),
-            formula=atoms.get_chemical_formula(mode="hill"), worker_categories=categories)
+            formula=atoms.get_chemical_formula(mode="hill"), worker_categories=categories,
+            audit_fraction=audit_fraction)
 
     def make(self, structure: Structure | Molecule | Atoms | str | Path,
              prev_dir: str | Path | None = None) -> Flow:

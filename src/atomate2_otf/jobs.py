@@ -67,6 +67,7 @@ class RunConfig:
     progress: bool = False
     formula: str | None = None
     worker_categories: dict[str, str] | None = None
+    audit_fraction: float = 0.0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | RunConfig) -> RunConfig:
@@ -155,8 +156,14 @@ def prepare_run(reference_output: Any, state: dict[str, Any],
 
 @job(name="otf update", config=UPDATE_CONFIG)
 def update_posterior(reference_output: Any, checkpoint: str, trigger: dict[str, Any],
-                     index: int, config: dict[str, Any]) -> dict[str, Any]:
-    """Score the model's prediction against the label, learn the label, sample; store."""
+                     index: int, config: dict[str, Any], kind: str = "trigger") -> dict[str, Any]:
+    """Score the model's prediction against the label, learn the label, sample; store.
+
+    An audited frame (``kind="audit"``) is scored and learnt the same way (its error is
+    recorded before the label joins the calibration and the data), but not sampled on:
+    an audit buys a check of the ensemble, not an update, and the next triggered update
+    samples with its label in the data.
+    """
     from atomate2_otf.md.trigger import TriggerEvent
 
     cfg = RunConfig.from_dict(config)
@@ -172,12 +179,13 @@ def update_posterior(reference_output: Any, checkpoint: str, trigger: dict[str, 
     posterior = load_posterior(store, checkpoint, cfg)
     started = time.perf_counter()
     observed = posterior.observe(label, event.energy, event.energy_std)
-    _update(posterior, cfg, cfg.update_steps, f"update {index}")
+    if kind != "audit":
+        _update(posterior, cfg, cfg.update_steps, f"update {index}")
     update_s = time.perf_counter() - started
     key = save_checkpoint(store, cfg.run_id, index, posterior.to_bytes())
     prune_checkpoints(store, cfg.run_id, RetentionPolicy(keep_last=cfg.keep_checkpoints))
     call = ReferenceCall(
-        index=index, md_step=event.md_step, reference_energy=label.energy,
+        index=index, kind=kind, md_step=event.md_step, reference_energy=label.energy,
         predicted_energy=event.energy, error=observed.error, sigma=observed.sigma,
         prob_within=event.prob_within, untuned_error=observed.untuned_error,
         predictive_scale=observed.predictive_scale, predictive_dof=observed.predictive_dof,
@@ -194,7 +202,7 @@ def md_segment(checkpoint: str, state: dict[str, Any], index: int, config: dict[
     from atomate2_otf.md.calculator import PosteriorCalculator
     from atomate2_otf.md.segment import MDSettings, run_segment
     from atomate2_otf.md.state import MDState
-    from atomate2_otf.md.trigger import CalibratedTrigger, TriggerEvent
+    from atomate2_otf.md.trigger import AuditDraw, CalibratedTrigger, TriggerEvent
 
     run_started = time.time() if run_started is None else run_started
     cfg = RunConfig.from_dict(config)
@@ -204,6 +212,11 @@ def md_segment(checkpoint: str, state: dict[str, Any], index: int, config: dict[
     calculator = PosteriorCalculator(posterior, cfg.threshold, pool=_pool(cfg, posterior))
     md_state = MDState.from_dict(state)
     trigger = CalibratedTrigger(cfg.confidence, cfg.force_trigger_every)
+    n_calls = index + 1  # reference calls so far: the initial one plus one per segment end
+    audit = None  # audits stop before they would use up the run's reference-call budget
+    if cfg.audit_fraction > 0 and (cfg.max_reference_calls is None
+                                   or n_calls < cfg.max_reference_calls - 1):
+        audit = AuditDraw(cfg.audit_fraction, int(cfg.posterior.get("seed", 0)))
 
     bar = callback = None
     if cfg.progress:
@@ -219,20 +232,22 @@ def md_segment(checkpoint: str, state: dict[str, Any], index: int, config: dict[
     try:
         result = run_segment(md_state, calculator, settings, trigger=trigger,
                              pending_label=None if pending_label is None
-                             else StructureRecord.from_dict(pending_label), callback=callback)
+                             else StructureRecord.from_dict(pending_label), callback=callback,
+                             audit=audit)
     finally:
         if bar is not None:
             bar.close()
     md_s = time.perf_counter() - started
     save_trajectory(store, cfg.run_id, index, result.trajectory)
-    n_calls = index + 1  # reference calls so far: the initial one plus one per segment end
     if not result.triggered:
         from atomate2_otf.results import summarise_run
 
         doc = summarise_run(store, cfg, result.state.to_dict(), checkpoint,
                             final_md_s=md_s, total_s=time.time() - run_started)
         return Response(output=doc)
-    if cfg.max_reference_calls is not None and n_calls >= cfg.max_reference_calls:
+    kind = result.reason or "trigger"
+    if (kind == "trigger" and cfg.max_reference_calls is not None
+            and n_calls >= cfg.max_reference_calls):
         raise RuntimeError(
             f"run {cfg.run_id}: the trigger fired at MD step {result.state.step + 1} but the "
             f"run already made {n_calls} reference calls (max_reference_calls="
@@ -240,10 +255,13 @@ def md_segment(checkpoint: str, state: dict[str, Any], index: int, config: dict[
     event = TriggerEvent.from_trigger(trigger, record_from_atoms(result.pending),
                                       md_step=result.state.step + 1, md_s=md_s)
     k = index + 1
-    reference = reference_job(reference_maker, result.pending, k, cfg, event.md_step)
-    update = update_posterior(reference.output, checkpoint, event.to_dict(), k, cfg.to_dict())
-    update.name = f"otf update {k}"
-    update.metadata = cfg.metadata("update", k)
+    reference = reference_job(reference_maker, result.pending, k, cfg, event.md_step,
+                              audit=kind == "audit")
+    update = update_posterior(reference.output, checkpoint, event.to_dict(), k, cfg.to_dict(),
+                              **({"kind": kind} if kind == "audit" else {}))
+    update.name = f"otf update {k}" + (" audit" if kind == "audit" else "")
+    update.metadata = {**cfg.metadata("update", k), **({"otf_audit": True}
+                                                       if kind == "audit" else {})}
     following = md_segment(update.output["checkpoint"], result.state.to_dict(), k, cfg.to_dict(),
                            reference_maker, pending_label=update.output["label"],
                            run_started=run_started)
@@ -264,15 +282,23 @@ def md_segment(checkpoint: str, state: dict[str, Any], index: int, config: dict[
     return Response(replace=Flow([reference, update, following], output=following.output,
                                  name=f"otf cycle {k}"),
                     output={"run_id": cfg.run_id, "segment": index, "triggered_at": k,
-                            "md_step": event.md_step})
+                            "md_step": event.md_step,
+                            **({"audit": True} if kind == "audit" else {})})
 
 
-def reference_job(maker: Maker, atoms: Any, index: int, cfg: RunConfig, md_step: int):
+def reference_job(maker: Maker, atoms: Any, index: int, cfg: RunConfig, md_step: int,
+                  audit: bool = False):
     """The reference Maker's job (or flow) for call ``index`` of a run, named and tagged
-    (run id, kind, index, MD step) so that status queries and worker routing find it."""
+    (run id, kind, index, MD step) so that status queries and worker routing find it.
+
+    An audit's reference is the same Maker's job, named ``otf reference {index} audit``:
+    a route by name (``otf reference``) or by kind ("reference") sends it where every other
+    reference goes.
+    """
     reference = maker.make(to_pymatgen(atoms))
-    reference.name = f"otf reference {index}"
+    reference.name = f"otf reference {index}" + (" audit" if audit else "")
     if hasattr(reference, "metadata") and not isinstance(reference, Flow):
         reference.metadata = {**(reference.metadata or {}), **cfg.metadata("reference", index),
-                              "otf_md_step": int(md_step)}
+                              "otf_md_step": int(md_step), **({"otf_audit": True}
+                                                              if audit else {})}
     return reference

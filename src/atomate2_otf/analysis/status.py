@@ -21,6 +21,7 @@ def status_rows(store, launchpad=None) -> list[dict[str, Any]]:
     from atomate2_otf.local import journal_store, owner_alive
 
     rows: dict[str, dict[str, Any]] = {}
+    calls: dict[str, set[int]] = {}  # a running run's calls so far (audits not counted)
 
     def row_of(run_id: str) -> dict[str, Any]:
         return rows.setdefault(run_id, {"run_id": run_id, "source": None, "state": "running",
@@ -34,8 +35,10 @@ def status_rows(store, launchpad=None) -> list[dict[str, Any]]:
         row["source"] = row["source"] or meta.get("otf_source")
         row["formula"] = row["formula"] or meta.get("otf_formula")
         output = doc.get("output") or {}
-        if meta["otf_kind"] in ("prepare", "update"):
-            row["reference_calls"] = max(row["reference_calls"], meta["otf_index"] + 1)
+        if meta["otf_kind"] in ("prepare", "update") and not meta.get("otf_audit"):
+            calls.setdefault(meta["otf_run_id"], set()).add(int(meta["otf_index"]))
+            row["reference_calls"] = max(row["reference_calls"],
+                                         len(calls[meta["otf_run_id"]]))
         if isinstance(output, dict) and output.get("completed"):
             row.update(state="completed", formula=output.get("formula"),
                        md_steps=output.get("n_md_steps"),

@@ -153,7 +153,7 @@ def _otf_maker(args: argparse.Namespace):
         model=args.model, reference_maker=reference, ensemble=args.ensemble,
         temperature=args.temperature, timestep_fs=args.timestep, n_steps=args.steps,
         threshold=args.threshold, confidence=args.confidence, n_chains=args.chains,
-        calibration_ema=args.calibration_ema,
+        calibration_ema=args.calibration_ema, audit_fraction=args.audit,
         update_steps=args.update_steps, pressure_bar=args.pressure, seed=args.seed,
         n_workers=args.workers, progress=not args.json,
         worker_categories=_categories(args))
@@ -301,5 +301,29 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Figures, summary.md and summary.json of one run or of a batch."""
+    from atomate2_otf.analysis.report import ReportInputError, write_report
+
+    store = _open_store(args.store, must_exist=True)
+    try:
+        summary = write_report(store, args.out_dir, run_id=args.run, batch=args.batch,
+                               progress=not args.json, where=args.store)
+    except ReportInputError as err:
+        raise UsageError(str(err)) from err
+    if args.json:
+        args.out.write(json.dumps(summary, indent=1, default=str) + "\n")
+        return 0
+    folder = Path(args.out_dir).expanduser().resolve()
+    runs = summary["runs"] if summary["kind"] == "batch" else [summary]
+    for run in runs:
+        state = "" if run["completed"] else f" (not finished: {run['state']})"
+        skipped = "; ".join(f"{k}: {v}" for k, v in run["skipped_figures"].items())
+        args.out.write(f"run {run['run_id']}{state}: {len(run['figures'])} figures"
+                       + (f", skipped {skipped}" if skipped else "") + "\n")
+    args.out.write(f"report: {folder / 'summary.md'}\n")
+    return 0
+
+
 COMMANDS = {"demo": cmd_demo, "run": cmd_run, "batch": cmd_batch, "status": cmd_status,
-            "resume": cmd_resume}
+            "resume": cmd_resume, "report": cmd_report}

@@ -7,6 +7,9 @@ import argparse
 from atomate2_otf import defaults
 
 DEFAULT_STORE = "otf-store"
+#: default folder of ``report`` (atomate2_otf.analysis.report.DEFAULT_OUT, not imported:
+#: it would load pandas for --help)
+REPORT_OUT = "otf-report"
 
 #: the demo: small enough for 2 CPU cores in minutes, the paper's ethanol setting otherwise
 DEMO = {"temperature": 300.0, "steps": 1000, "timestep": 0.5, "threshold_kcal": 1.0,
@@ -62,6 +65,9 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--calibration-ema", type=_positive_float, default=None, metavar="DECAY",
                      help="follow a drifting error scale: exponentially weighted calibration "
                           "with this decay in (0, 1), e.g. 0.9 (default: exact, the paper's)")
+    run.add_argument("--audit", type=float, default=defaults.AUDIT_FRACTION, metavar="FRACTION",
+                     help="also label this share of the untriggered MD steps, e.g. 0.02, and "
+                          "report the audited miss rate (default: off)")
     run.add_argument("--chains", type=int, default=defaults.N_CHAINS,
                      help="SGHMC chains (default: %(default)s)")
     run.add_argument("--update-steps", type=int, default=defaults.UPDATE_STEPS,
@@ -129,4 +135,19 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--launchpad", default=None,
                         help="FireWorks launchpad file: states of submitted runs from there")
     status.add_argument("--json", action="store_true", help="rows as JSON")
+
+    report = sub.add_parser(
+        "report", help="figures and a summary of a run or a batch",
+        description="Figures (PNG and PDF), summary.md and summary.json of one run of a store "
+                    "or of every run (--batch). A run still going is reported from what the "
+                    "store holds so far.")
+    report.add_argument("--store", default=DEFAULT_STORE, help=STORE_HELP)
+    report.add_argument("--run", default=None, metavar="RUN_ID",
+                        help="the run to report (default: the store's only run)")
+    report.add_argument("--batch", action="store_true",
+                        help="every run of the store: a figure and table across materials, "
+                             "each run in OUT/RUN_ID")
+    report.add_argument("--out", dest="out_dir", metavar="DIR", default=REPORT_OUT,
+                        help="output folder, created if missing (default: %(default)s)")
+    report.add_argument("--json", action="store_true", help="print summary.json on stdout")
     return parser

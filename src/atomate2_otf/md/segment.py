@@ -96,9 +96,11 @@ class SegmentResult:
     """What one segment hands back.
 
     state: where the next segment starts (for a trigger: the start of the triggering step).
-    triggered: whether the trigger fired. pending: the atoms to label, or None.
+    triggered: whether the segment stopped for a label (the trigger fired, or an audit).
+    pending: the atoms to label, or None.
     trajectory: small dicts, one every ``trajectory_interval`` steps plus the last.
     n_steps_done: steps completed and kept in this segment.
+    reason: why it stopped for a label: "trigger" or "audit" (None when it did not).
     """
 
     state: MDState
@@ -106,6 +108,7 @@ class SegmentResult:
     pending: Atoms | None
     trajectory: list[dict[str, Any]] = field(default_factory=list)
     n_steps_done: int = 0
+    reason: str | None = None
 
 
 def _state_results(state: MDState) -> dict[str, Any]:
@@ -166,6 +169,7 @@ def run_segment(
     trigger: Callable[[dict[str, Any]], bool] | None = None,
     pending_label: StructureRecord | None = None,
     callback: Callable[[int, dict[str, Any]], None] | None = None,
+    audit: Callable[[int], bool] | None = None,
 ) -> SegmentResult:
     """Continue MD from ``state`` with ``calculator`` until ``trigger`` fires on the model's
     results for a new structure, the run's ``settings.n_steps`` are done, or ``max_steps``
@@ -173,7 +177,9 @@ def run_segment(
 
     ``pending_label``: the labelled structure a previous segment returned as ``pending``
     with this ``state``; its reference results drive the redone step. ``callback(step,
-    results)`` is called after every kept step (progress bars).
+    results)`` is called after every kept step (progress bars). ``audit(step)``: whether a
+    model-evaluated step the trigger let pass is labelled anyway (the online audit); the
+    segment then stops there exactly as for a trigger, with ``reason="audit"``.
     """
     _check_max_steps(max_steps)
     if settings.ensemble == "npt" and not state.pbc.all():
@@ -226,15 +232,21 @@ def run_segment(
                 f"(max deviation {label_known.deviation(atoms.positions, atoms.cell.array):.3g}"
                 f" A, tolerance {LABEL_ATOL} A): label the `pending` atoms returned together "
                 f"with this state, with unchanged positions and cell")
+        reason = None
         if source == "model" and trigger is not None and trigger(dict(results)):
+            reason = "trigger"
+        elif source == "model" and audit is not None and audit(step):
+            reason = "audit"
+        if reason is not None:
             pending = atoms.copy()
             pending.calc = None
             if last_entry is not None and (not trajectory or trajectory[-1] is not last_entry):
                 trajectory.append(last_entry)
-            logger.info("trigger fired at step %d: returning the state of step %d", step,
+            logger.info("%s at step %d: returning the state of step %d",
+                        "trigger fired" if reason == "trigger" else "audit", step,
                         snapshot.step)
             return SegmentResult(state=snapshot, triggered=True, pending=pending,
-                                 trajectory=trajectory, n_steps_done=done)
+                                 trajectory=trajectory, n_steps_done=done, reason=reason)
         done += 1
         last_entry = _entry(atoms, results, settings, step, target)
         if step % settings.trajectory_interval == 0:

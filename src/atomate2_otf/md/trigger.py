@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from atomate2_otf.bnn.calibration import check_confidence
 from atomate2_otf.records import StructureRecord
 
@@ -32,6 +34,42 @@ class CalibratedTrigger:
         if self.every:
             return self.seen % self.every == 0
         return float(results["prob_within"]) < self.confidence
+
+
+#: separates the audit's random stream from the run's other streams of the same seed
+AUDIT_STREAM = 0xA0D17
+
+
+def check_audit_fraction(fraction: Any) -> float:
+    """0 (no audit, the default) or a share in (0, 1) of the untriggered MD steps."""
+    try:
+        value = float(fraction)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if isinstance(fraction, bool) or not 0.0 <= value < 1.0:
+        raise ValueError(f"audit_fraction (--audit) must be a number in [0, 1): the share of "
+                         f"untriggered MD steps to label, e.g. 0.02; got {fraction!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class AuditDraw:
+    """Which untriggered MD steps an online audit labels (issue 16.4).
+
+    The draw for step ``s`` comes from the run's seed and ``s`` alone (its own stream,
+    ``default_rng([seed, AUDIT_STREAM, s])``), not from the integrator's random state: a
+    run with the audit off is bit-identical to one without the feature, and a killed and
+    resumed run audits exactly the steps the uninterrupted run would have.
+    """
+
+    fraction: float
+    seed: int
+
+    def __call__(self, step: int) -> bool:
+        if self.fraction <= 0.0:
+            return False
+        draw = np.random.default_rng([int(self.seed), AUDIT_STREAM, int(step)]).random()
+        return bool(draw < self.fraction)
 
 
 @dataclass

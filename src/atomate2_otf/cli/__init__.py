@@ -5,6 +5,7 @@
     atomate2-otf batch candidates/ --reference emt --store runs/ [--launchpad my_launchpad.yaml]
     atomate2-otf status --store runs/
     atomate2-otf resume --store runs/ [--json]   # finish runs killed mid-way
+    atomate2-otf report --store runs/ [--run RUN_ID | --batch] [--out DIR]   # figures, summary
 
 ``--store`` is a folder (the embedded store), a jobflow store file (.yaml/.json, e.g.
 MongoDB + GridFS) or a ``mongodb://`` URI.

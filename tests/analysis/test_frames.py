@@ -13,23 +13,15 @@ from atomate2_otf.analysis.frames import (
     materials_frame,
     trajectory_frame,
 )
-from atomate2_otf.local import journal_store
-from atomate2_otf.results import read_run_doc, run_calls
+from atomate2_otf.results import run_calls
 from atomate2_otf.schemas import ReferenceCall
 from atomate2_otf.store import load_trajectory
-from tests.analysis.runs import open_store, stopped_run
+from tests.analysis.runs import finished_doc, open_store, stopped_run
 
 
 def _same(a, b) -> bool:
     missing = (a is None or (isinstance(a, float) and math.isnan(a)))
     return missing == (b is None) and (missing or a == b)
-
-
-def _doc_of(store, run_id):
-    """The OTFRunDoc through the journal's output uuid and jobflow's own resolution (the
-    reader under test finds it another way: by the run's segment jobs)."""
-    uuid = journal_store(store).query_one({"run_id": run_id})["output_uuid"]
-    return read_run_doc(store, uuid)
 
 
 def test_call_rows_are_the_stores_records(finished):
@@ -62,7 +54,7 @@ def test_finished_run_is_its_otfrundoc(finished):
     folder, run_id = finished
     store = open_store(folder)
     run = load_run(store, run_id)
-    doc = _doc_of(store, run_id)
+    doc = finished_doc(folder, run_id)
     assert run.completed and run.state == "completed" and doc is not None
     assert run.doc.model_dump(exclude={"final_structure"}) == \
         doc.model_dump(exclude={"final_structure"})
@@ -99,7 +91,7 @@ def test_batch_has_one_row_per_material(batch):
     assert list(frame["formula"]) == ["Cu4", "Cu8", "Cu4"]
     assert list(frame["state"]) == ["completed", "completed", "failed"]
     for row in frame.iloc[:2].to_dict(orient="records"):
-        doc = _doc_of(store, row["run_id"])
+        doc = finished_doc(folder, row["run_id"])
         for name in ("n_md_steps", "n_reference_calls", "n_audit_calls",
                      "share_above_threshold", "rmse_at_calls", "rmse_untuned_at_calls"):
             assert row[name] == getattr(doc, name), name

@@ -6,42 +6,20 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from atomate2_otf.analysis.report import DOC_NUMBERS
 from atomate2_otf.local import journal_store
-from atomate2_otf.results import read_run_doc, run_calls
-from tests.analysis.runs import open_store, stopped_run
-from tests.processes import ROOT, subprocess_env
-
-FIGURES = ("timeline", "errors", "calibration", "untuned", "timing")
-
-
-def _report(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "atomate2_otf.cli", "report", *args],
-                          cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
-                          timeout=300)
-
-
-def _doc(folder, run_id):
-    store = open_store(folder)
-    return read_run_doc(store, journal_store(store).query_one({"run_id": run_id})["output_uuid"])
-
-
-def _check_numbers(summary: dict, doc) -> None:
-    """Every OTFRunDoc number in the summary is the store's (exactly: JSON keeps repr)."""
-    numbers = summary["numbers"]
-    for name in DOC_NUMBERS:
-        value = getattr(doc, name)
-        assert numbers[name] == (list(value) if isinstance(value, tuple) else value), name
-    assert numbers["timings"] == doc.timings.model_dump() and numbers["timings_complete"]
-    assert numbers["final_checkpoint"] == doc.final_checkpoint
-    assert [c["error"] for c in summary["calls"][1:]] == doc.call_errors
-    assert [c["index"] for c in summary["calls"]] == [c.index for c in doc.calls]
-    assert summary["settings"]["threshold"] == doc.threshold == doc.settings["threshold"]
+from atomate2_otf.results import run_calls
+from tests.analysis.runs import (
+    FIGURES,
+    check_numbers,
+    finished_doc,
+    open_store,
+    report_cli,
+    stopped_run,
+)
 
 
 def _check_markdown(text: str, doc) -> None:
@@ -60,7 +38,7 @@ def _check_markdown(text: str, doc) -> None:
 def test_report_of_a_finished_run(finished, tmp_path):
     folder, run_id = finished
     out = tmp_path / "report"
-    result = _report("--store", str(folder), "--out", str(out), "--json")
+    result = report_cli("--store", str(folder), "--out", str(out), "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)  # the whole of stdout is the summary
     assert summary == json.loads((out / "summary.json").read_text())
@@ -70,8 +48,8 @@ def test_report_of_a_finished_run(finished, tmp_path):
         assert (out / f"{name}.pdf").read_bytes()[:4] == b"%PDF"
         assert summary["figures"][name] == [f"{name}.png", f"{name}.pdf"]
     assert summary["skipped_figures"] == {}
-    doc = _doc(folder, run_id)
-    _check_numbers(summary, doc)
+    doc = finished_doc(folder, run_id)
+    check_numbers(summary, doc)
     text = (out / "summary.md").read_text()
     _check_markdown(text, doc)
     assert "not finished" not in text
@@ -81,7 +59,7 @@ def test_report_of_a_finished_run(finished, tmp_path):
 def test_report_of_a_batch(batch, tmp_path):
     folder, run_ids = batch
     out = tmp_path / "report"
-    result = _report("--store", str(folder), "--batch", "--out", str(out))
+    result = report_cli("--store", str(folder), "--batch", "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"report: {out / 'summary.md'}" in result.stdout
     assert f"run {run_ids[2]} (not finished: failed)" in result.stdout
@@ -95,7 +73,7 @@ def test_report_of_a_batch(batch, tmp_path):
     assert "![calls, share above K, RMSE and wall time per material](batch.png)" in text
     assert "1 of the runs are not finished" in text
     for run_id, source in zip(run_ids[:2], ("cu.cif", "cu8.cif"), strict=True):
-        doc = _doc(folder, run_id)
+        doc = finished_doc(folder, run_id)
         row = rows[run_id]
         assert (row["source"], row["state"], row["completed"]) == (source, "completed", True)
         for name in ("n_md_steps", "n_reference_calls", "n_audit_calls",
@@ -103,7 +81,7 @@ def test_report_of_a_batch(batch, tmp_path):
             assert row[name] == getattr(doc, name), name
         assert row["wall_s"] == doc.timings.total
         run_summary = json.loads((out / run_id / "summary.json").read_text())
-        _check_numbers(run_summary, doc)
+        check_numbers(run_summary, doc)
         _check_markdown((out / run_id / "summary.md").read_text(), doc)
         assert f"[{run_id}]({run_id}/summary.md)" in text
     stopped = rows[run_ids[2]]
@@ -124,7 +102,7 @@ def test_report_of_a_run_still_going(tmp_path):
     runs.update([{**journal, "state": "running", "pid": os.getpid(), "error": None}],
                 key="run_id")
     out = tmp_path / "report"
-    result = _report("--store", str(folder), "--out", str(out), "--json")
+    result = report_cli("--store", str(folder), "--out", str(out), "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout)
     assert (summary["state"], summary["completed"]) == ("running", False)
@@ -160,19 +138,19 @@ def _one_error_line(result: subprocess.CompletedProcess) -> str:
 
 def test_unknown_run_id(finished, tmp_path):
     folder, run_id = finished
-    line = _one_error_line(_report("--store", str(folder), "--run", "nope", "--out",
+    line = _one_error_line(report_cli("--store", str(folder), "--run", "nope", "--out",
                                    str(tmp_path / "out")))
     assert "no run 'nope'" in line and run_id in line
     assert not (tmp_path / "out").exists()  # nothing written for bad input
 
 
 def test_store_without_runs(empty_store, tmp_path):
-    line = _one_error_line(_report("--store", str(empty_store), "--out", str(tmp_path / "o")))
+    line = _one_error_line(report_cli("--store", str(empty_store), "--out", str(tmp_path / "o")))
     assert f"no runs in the store {empty_store}" in line
 
 
 def test_missing_store(tmp_path):
-    line = _one_error_line(_report("--store", str(tmp_path / "nowhere")))
+    line = _one_error_line(report_cli("--store", str(tmp_path / "nowhere")))
     assert "nowhere" in line and "does not exist" in line
 
 
@@ -180,14 +158,14 @@ def test_output_folder_that_cannot_be_written(finished, tmp_path):
     folder, _ = finished
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    line = _one_error_line(_report("--store", str(folder), "--out", str(blocker / "report")))
+    line = _one_error_line(report_cli("--store", str(folder), "--out", str(blocker / "report")))
     assert f"cannot write the report to '{blocker / 'report'}'" in line
 
 
 def test_several_runs_need_a_choice(batch, tmp_path):
     folder, run_ids = batch
-    line = _one_error_line(_report("--store", str(folder), "--out", str(tmp_path / "o")))
+    line = _one_error_line(report_cli("--store", str(folder), "--out", str(tmp_path / "o")))
     assert "--run RUN_ID" in line and "--batch" in line
     assert all(run_id in line for run_id in run_ids)
-    line = _one_error_line(_report("--store", str(folder), "--run", run_ids[0], "--batch"))
+    line = _one_error_line(report_cli("--store", str(folder), "--run", run_ids[0], "--batch"))
     assert "either --run or --batch" in line

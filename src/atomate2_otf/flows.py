@@ -17,7 +17,12 @@ from jobflow import Flow, Maker, Response, job
 
 from atomate2_otf import defaults
 from atomate2_otf.atoms import to_atoms
-from atomate2_otf.bnn.calibration import check_confidence, check_ema_decay, check_threshold
+from atomate2_otf.bnn.calibration import (
+    check_confidence,
+    check_ema_decay,
+    check_force_threshold,
+    check_threshold,
+)
 from atomate2_otf.bnn.prior import check_sigma_tl
 from atomate2_otf.jobflow_compat import (
     STORE_CONFIG,
@@ -93,6 +98,11 @@ class OTFMDMaker(_MDMaker):
         timestep_fs, n_steps, friction_per_fs, pressure_bar: MD settings.
         threshold: energy-error threshold K (eV); the paper's ethanol run used 0.5 kcal/mol.
         confidence: label when P(|e| < K) < confidence.
+        force_threshold: K_F (eV/A) of the optional force criterion (paper sec. 6), beside
+            the energy one: also label when P(max_i |F_i error| < K_F) < confidence, with
+            the worst atom's error calibrated by its own Gamma. It catches a local event
+            (one atom in a strained place) that the energy of a large cell hides. None
+            (default): the energy criterion alone.
         n_chains: M SGHMC chains; sigma_tl: prior std (None: model family default).
         update_steps, initial_update_steps: SGHMC steps per update (paper: 2000).
         sghmc: further SGHMCConfig fields (batch_size, burn_in, ramp, ...).
@@ -123,6 +133,7 @@ class OTFMDMaker(_MDMaker):
 
     reference_maker: Maker = field(default_factory=RetryingGFN2xTBStaticMaker)
     confidence: float = defaults.CONFIDENCE
+    force_threshold: float | None = None
     n_chains: int = defaults.N_CHAINS
     sigma_tl: float | None = None
     update_steps: int = defaults.UPDATE_STEPS
@@ -150,6 +161,8 @@ class OTFMDMaker(_MDMaker):
         threshold = check_threshold(self.threshold)
         confidence = check_confidence(self.confidence)
         audit_fraction = check_audit_fraction(self.audit_fraction)
+        force_threshold = (None if self.force_threshold is None
+                           else check_force_threshold(self.force_threshold))
         if self.sigma_tl is not None:
             check_sigma_tl(self.sigma_tl)
         for name in ("update_steps", "keep_checkpoints"):
@@ -187,7 +200,7 @@ class OTFMDMaker(_MDMaker):
             max_reference_calls=self.max_reference_calls,
             force_trigger_every=self.force_trigger_every, progress=bool(self.progress),
             formula=atoms.get_chemical_formula(mode="hill"), worker_categories=categories,
-            audit_fraction=audit_fraction)
+            audit_fraction=audit_fraction, force_threshold=force_threshold)
 
     def make(self, structure: Structure | Molecule | Atoms | str | Path,
              prev_dir: str | Path | None = None) -> Flow:

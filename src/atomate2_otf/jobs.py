@@ -68,6 +68,7 @@ class RunConfig:
     formula: str | None = None
     worker_categories: dict[str, str] | None = None
     audit_fraction: float = 0.0
+    force_threshold: float | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | RunConfig) -> RunConfig:
@@ -178,7 +179,8 @@ def update_posterior(reference_output: Any, checkpoint: str, trigger: dict[str, 
         reference_s = max(time.time() - event.ended_at, 0.0)
     posterior = load_posterior(store, checkpoint, cfg)
     started = time.perf_counter()
-    observed = posterior.observe(label, event.energy, event.energy_std)
+    observed = posterior.observe(label, event.energy, event.energy_std,
+                                 predicted_forces=event.forces, forces_std=event.forces_std)
     if kind != "audit":
         _update(posterior, cfg, cfg.update_steps, f"update {index}")
     update_s = time.perf_counter() - started
@@ -189,6 +191,8 @@ def update_posterior(reference_output: Any, checkpoint: str, trigger: dict[str, 
         predicted_energy=event.energy, error=observed.error, sigma=observed.sigma,
         prob_within=event.prob_within, untuned_error=observed.untuned_error,
         predictive_scale=observed.predictive_scale, predictive_dof=observed.predictive_dof,
+        force_error=observed.force_error, force_sigma=observed.force_sigma,
+        prob_within_forces=event.prob_within_forces,
         md_s=event.md_s, reference_s=reference_s, update_s=update_s, checkpoint=key)
     # the label goes back to the next segment, which replays the triggering step with it
     return {"checkpoint": key, "call": call.model_dump(), "label": label.to_dict()}
@@ -209,7 +213,8 @@ def md_segment(checkpoint: str, state: dict[str, Any], index: int, config: dict[
     store = current_store()
     settings = MDSettings.from_dict(cfg.md)
     posterior = load_posterior(store, checkpoint, cfg)
-    calculator = PosteriorCalculator(posterior, cfg.threshold, pool=_pool(cfg, posterior))
+    calculator = PosteriorCalculator(posterior, cfg.threshold, pool=_pool(cfg, posterior),
+                                     force_threshold=cfg.force_threshold)
     md_state = MDState.from_dict(state)
     trigger = CalibratedTrigger(cfg.confidence, cfg.force_trigger_every)
     n_calls = index + 1  # reference calls so far: the initial one plus one per segment end

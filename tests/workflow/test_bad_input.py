@@ -35,6 +35,8 @@ def no_model_loads(monkeypatch):
     ({"model": "no-such-model"}, molecule("H2O"), "unknown model name 'no-such-model'.*chgnet"),
     ({"n_chains": 0}, molecule("H2O"), "n_chains"),
     ({"sigma_tl": -1.0}, molecule("H2O"), "sigma"),
+    ({"force_threshold": -0.1}, molecule("H2O"), r"force_threshold.*-0\.1"),
+    ({"audit_fraction": 1.5}, molecule("H2O"), r"audit_fraction.*\[0, 1\).*1\.5"),
 ])
 def test_make_refuses_bad_input_before_any_model_loads(no_model_loads, settings, atoms, message):
     with pytest.raises(ValueError, match=message):

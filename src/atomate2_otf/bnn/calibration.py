@@ -37,6 +37,11 @@ def check_threshold(threshold: float) -> float:
     return _check_positive("threshold (energy-error K, eV)", threshold)
 
 
+def check_force_threshold(threshold: float) -> float:
+    """Validate the force criterion's threshold K_F (eV/A)."""
+    return _check_positive("force_threshold (worst-atom force error K_F, eV/A)", threshold)
+
+
 @dataclass
 class GammaCalibration:
     """Gamma prior/posterior on the precision of the predicted energy std.
@@ -155,3 +160,51 @@ def check_ema_decay(decay: Any) -> float | None:
         raise ValueError(f"calibration_ema (ema_decay) must be None (the exact calibration) "
                          f"or a number in (0, 1), e.g. 0.9; got {decay!r}")
     return value
+
+
+#: Gauss-Legendre nodes over the quantiles of the calibration's Gamma law (force criterion)
+_QUADRATURE_NODES = 64
+
+
+class WorstAtomForceCalibration(GammaCalibration):
+    """The force criterion's calibration (paper sec. 6): its own Gamma on the precision of
+    the predicted per-atom force std, fed by the atom the ensemble is least sure of.
+
+    The error model per atom i is ``dF_i ~ N(0, s_i^2 I_3 / lambda)``, with ``s_i`` the
+    predicted per-component force std (the root mean of its three variances). Each reference
+    call adds the three components of the atom with the largest ``s_i`` (the atom a local
+    event makes uncertain) as three observations, so the posterior is Gamma(a + 3n/2, ...),
+    exactly as the energy calibration with three errors per call. The criterion is
+    ``P(max_i |dF_i| < K_F)``: given lambda the atoms' squared errors are independent
+    scaled chi^2_3 variables, and lambda is integrated over its Gamma law by quadrature.
+    """
+
+    def update_worst_atom(self, force_errors: Any, force_stds: Any) -> tuple[float, float]:
+        """Add a call's force errors ([N, 3], eV/A, predicted minus reference) with the
+        per-atom stds ([N], eV/A) predicted before the label; returns (max_i |dF_i|, the
+        std of the atom used)."""
+        errors = np.asarray(force_errors, dtype=float).reshape(-1, 3)
+        stds = np.asarray(force_stds, dtype=float).reshape(-1)
+        if len(stds) != len(errors):
+            raise ValueError(f"force_stds has {len(stds)} atoms, force_errors {len(errors)}")
+        worst = int(np.argmax(stds))
+        self.update(errors[worst], np.full(3, stds[worst]))
+        return float(np.linalg.norm(errors, axis=1).max()), float(stds[worst])
+
+    def prob_within_max(self, force_stds: Any, threshold: float) -> float:
+        """P(max_i |dF_i| < K_F) for per-atom stds ``force_stds`` (eV/A), K_F in eV/A."""
+        threshold = check_force_threshold(threshold)
+        stds = np.asarray(force_stds, dtype=float).reshape(-1)
+        if np.any(stds <= 0) or not np.all(np.isfinite(stds)):
+            raise ValueError(f"force stds must be finite and > 0, got {stds!r}")
+        nodes, weights = np.polynomial.legendre.leggauss(_QUADRATURE_NODES)
+        quantiles = 0.5 * (nodes + 1.0)
+        precision = stats.gamma.ppf(quantiles, self.shape, scale=1.0 / self.rate)
+        log_cdf = stats.chi2.logcdf(precision[:, None] * threshold**2 / stds[None, :] ** 2, 3)
+        return float(np.clip(0.5 * weights @ np.exp(log_cdf.sum(axis=1)), 0.0, 1.0))
+
+
+def per_atom_force_std(forces_var: Any) -> np.ndarray:
+    """Per-atom force std (eV/A) from the [N, 3] predicted variances: the root of their
+    mean, the isotropic std the force calibration's error model uses."""
+    return np.sqrt(np.asarray(forces_var, dtype=float).reshape(-1, 3).mean(axis=1))

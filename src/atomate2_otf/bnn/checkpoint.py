@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from atomate2_otf.bnn import sghmc
-from atomate2_otf.bnn.calibration import GammaCalibration
+from atomate2_otf.bnn.calibration import GammaCalibration, WorstAtomForceCalibration
 from atomate2_otf.records import StructureRecord
 
 if TYPE_CHECKING:
@@ -107,6 +107,7 @@ def posterior_to_bytes(posterior: Posterior) -> bytes:
         "data": pack_records(posterior.data),
         "energy_offset": posterior.energy_offset,
         "calibration": posterior.calibration.to_dict(),
+        "force_calibration": posterior.force_calibration.to_dict(),
         "n_updates": posterior.n_updates,
         "rngs": [rng.get_state() for rng in posterior.rngs],
     }
@@ -153,6 +154,9 @@ def posterior_from_bytes(posterior_cls: type[Posterior], blob: bytes,
     posterior._prepared = [model.prepare(r) for r in records]
     posterior.energy_offset = payload["energy_offset"]
     posterior.calibration = GammaCalibration.from_dict(payload["calibration"])
+    if "force_calibration" in payload:  # checkpoints before the force criterion: a fresh one
+        posterior.force_calibration = WorstAtomForceCalibration.from_dict(
+            payload["force_calibration"])
     posterior.n_updates = int(payload["n_updates"])
     for rng, state in zip(posterior.rngs, payload["rngs"], strict=True):
         rng.set_state(state)

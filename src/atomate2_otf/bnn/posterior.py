@@ -20,7 +20,11 @@ import numpy as np
 import torch
 
 from atomate2_otf.bnn import sghmc
-from atomate2_otf.bnn.calibration import GammaCalibration
+from atomate2_otf.bnn.calibration import (
+    GammaCalibration,
+    WorstAtomForceCalibration,
+    per_atom_force_std,
+)
 from atomate2_otf.bnn.checkpoint import posterior_from_bytes, posterior_to_bytes
 from atomate2_otf.bnn.ensemble import ChainOutput, EnsemblePrediction, combine_ensemble
 from atomate2_otf.bnn.heads import DEFAULT_FORCE_SIGMA_SCALE, ForceNoiseHead
@@ -110,6 +114,8 @@ class Observation:
     untuned_error: float
     predictive_scale: float
     predictive_dof: float
+    force_error: float | None = None
+    force_sigma: float | None = None
 
 
 class Posterior:
@@ -140,6 +146,9 @@ class Posterior:
             self.config.calibration_b or defaults.calibration_b,
             ema_decay=self.config.calibration_ema,
         )
+        #: the force criterion's own Gamma (same prior), fed only when forces are observed
+        self.force_calibration = WorstAtomForceCalibration(
+            self.calibration.a, self.calibration.b, ema_decay=self.config.calibration_ema)
         self.data: list[StructureRecord] = []
         self._prepared: list[Any] = []
         self._batch_cache: tuple[Any, Any, Targets] | None = None
@@ -184,12 +193,15 @@ class Posterior:
         self._prepared.extend(self.model.prepare(r) for r in records)
 
     def observe(self, record: StructureRecord, predicted_energy: float,
-                energy_std: float) -> Observation:
+                energy_std: float, predicted_forces: Any = None,
+                forces_std: Any = None) -> Observation:
         """A reference call's label meets the prediction made before it (METHOD.md sec. 6).
 
         The error of that prediction and of the untuned model are recorded, the error joins
         the calibration, then the label joins the data set; the caller samples next. This
         order is the method: an error scored after the label was learnt would be no test.
+        With the predicted forces and their [N, 3] stds (the force criterion), the
+        worst-atom force error joins the force calibration the same way.
         """
         error = float(predicted_energy) - record.energy
         sigma = float(energy_std)
@@ -197,9 +209,15 @@ class Posterior:
         scale = float(self.calibration.predictive_scale(sigma))
         dof = float(self.calibration.dof)
         self.calibration.update(np.array([error]), np.array([sigma]))
+        force_error = force_sigma = None
+        if predicted_forces is not None:
+            force_error, force_sigma = self.force_calibration.update_worst_atom(
+                np.asarray(predicted_forces, dtype=float) - record.forces,
+                per_atom_force_std(np.square(forces_std)))
         self.add_labels([record])
         return Observation(error=error, sigma=sigma, untuned_error=untuned,
-                           predictive_scale=scale, predictive_dof=dof)
+                           predictive_scale=scale, predictive_dof=dof,
+                           force_error=force_error, force_sigma=force_sigma)
 
     # -- evaluation ------------------------------------------------------------------------
     def _forward(self, batch: Any, compute_stress: bool, create_graph: bool):

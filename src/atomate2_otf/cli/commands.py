@@ -154,6 +154,7 @@ def _otf_maker(args: argparse.Namespace):
         temperature=args.temperature, timestep_fs=args.timestep, n_steps=args.steps,
         threshold=args.threshold, confidence=args.confidence, n_chains=args.chains,
         calibration_ema=args.calibration_ema, audit_fraction=args.audit,
+        force_threshold=args.force_threshold,
         update_steps=args.update_steps, pressure_bar=args.pressure, seed=args.seed,
         n_workers=args.workers, progress=not args.json,
         worker_categories=_categories(args))

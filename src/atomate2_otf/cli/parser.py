@@ -65,6 +65,9 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--calibration-ema", type=_positive_float, default=None, metavar="DECAY",
                      help="follow a drifting error scale: exponentially weighted calibration "
                           "with this decay in (0, 1), e.g. 0.9 (default: exact, the paper's)")
+    run.add_argument("--force-threshold", type=float, default=None, metavar="K_F",
+                     help="also label when P(max_i |F_i error| < K_F) < confidence, K_F in "
+                          "eV/A: the force criterion for local events (default: off)")
     run.add_argument("--audit", type=float, default=defaults.AUDIT_FRACTION, metavar="FRACTION",
                      help="also label this share of the untriggered MD steps, e.g. 0.02, and "
                           "report the audited miss rate (default: off)")

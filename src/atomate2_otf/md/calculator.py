@@ -12,7 +12,11 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from atomate2_otf.atoms import record_from_atoms
-from atomate2_otf.bnn.calibration import check_threshold
+from atomate2_otf.bnn.calibration import (
+    check_force_threshold,
+    check_threshold,
+    per_atom_force_std,
+)
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -31,6 +35,8 @@ class PosteriorCalculator(Calculator):
         threshold: energy-error threshold K (eV) of ``prob_within = P(|e| < K)``.
         pool: optional ChainPool that evaluates the chains in parallel.
         compute_stress: None computes stress only for fully periodic atoms.
+        force_threshold: K_F (eV/A) of the force criterion; with it, ``results`` also holds
+            ``prob_within_forces`` = P(max_i |F_i error| < K_F). None: not computed.
 
     Besides the standard properties, ``results`` holds ``energy_std`` (total, eV),
     ``energy_std_epistemic``, ``forces_std`` ([N, 3]), ``prob_within`` and
@@ -40,10 +46,13 @@ class PosteriorCalculator(Calculator):
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
 
     def __init__(self, posterior: Posterior, threshold: float, pool: ChainPool | None = None,
-                 compute_stress: bool | None = None, **kwargs) -> None:
+                 compute_stress: bool | None = None, force_threshold: float | None = None,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
         self.posterior = posterior
         self.threshold = check_threshold(threshold)
+        self.force_threshold = (None if force_threshold is None
+                                else check_force_threshold(force_threshold))
         self.pool = pool
         self.compute_stress = compute_stress
 
@@ -71,6 +80,9 @@ class PosteriorCalculator(Calculator):
                                                                          self.threshold)),
             "chain_energies": np.array(pred.chain_energies[:, 0], dtype=np.float64),
         }
+        if self.force_threshold is not None:
+            self.results["prob_within_forces"] = self.posterior.force_calibration \
+                .prob_within_max(per_atom_force_std(pred.forces_var), self.force_threshold)
         if compute_stress and pred.stress is not None:
             self.results["stress"] = full_3x3_to_voigt_6_stress(
                 np.asarray(pred.stress, dtype=np.float64).reshape(-1, 3, 3)[0])

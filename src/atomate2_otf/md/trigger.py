@@ -20,7 +20,12 @@ from atomate2_otf.records import StructureRecord
 
 class CalibratedTrigger:
     """P(|e| < K) < confidence; or, for tests and diagnostics, every ``every``-th
-    model-evaluated step of a segment. Keeps the results it last judged (the trigger's)."""
+    model-evaluated step of a segment. Keeps the results it last judged (the trigger's).
+
+    With the force criterion on, the calculator's results carry ``prob_within_forces`` =
+    P(max_i |F_i error| < K_F) and the trigger also fires when that drops below the
+    confidence; without it the rule is the energy criterion alone, unchanged.
+    """
 
     def __init__(self, confidence: float, every: int | None = None) -> None:
         self.confidence = check_confidence(confidence)
@@ -33,7 +38,10 @@ class CalibratedTrigger:
         self.seen += 1
         if self.every:
             return self.seen % self.every == 0
-        return float(results["prob_within"]) < self.confidence
+        if float(results["prob_within"]) < self.confidence:
+            return True
+        forces = results.get("prob_within_forces")
+        return forces is not None and float(forces) < self.confidence
 
 
 #: separates the audit's random stream from the run's other streams of the same seed
@@ -79,7 +87,8 @@ class TriggerEvent:
     md_step: the MD step the structure belongs to. structure: the atoms, unlabelled.
     energy, energy_std, prob_within: the model's mean energy (eV), its calibrated std and
     P(|e| < K) there. md_s: wall seconds of the segment; ended_at: epoch seconds when it
-    stopped (a reference Maker that reports no time is timed from here).
+    stopped (a reference Maker that reports no time is timed from here). With the force
+    criterion: the predicted forces and their [N, 3] stds, and P(max_i |F_i error| < K_F).
     """
 
     md_step: int
@@ -89,22 +98,38 @@ class TriggerEvent:
     prob_within: float
     md_s: float
     ended_at: float
+    forces: np.ndarray | None = None
+    forces_std: np.ndarray | None = None
+    prob_within_forces: float | None = None
 
     @classmethod
     def from_trigger(cls, trigger: CalibratedTrigger, structure: StructureRecord,
                      md_step: int, md_s: float) -> TriggerEvent:
         """The event of the step ``trigger`` fired on, ending now."""
-        return cls(md_step=int(md_step), structure=structure,
-                   energy=float(trigger.last["energy"]),
-                   energy_std=float(trigger.last["energy_std"]),
-                   prob_within=float(trigger.last["prob_within"]), md_s=float(md_s),
-                   ended_at=time.time())
+        last = trigger.last
+        forces = {}
+        if last.get("prob_within_forces") is not None:
+            forces = {"forces": np.array(last["forces"], dtype=float),
+                      "forces_std": np.array(last["forces_std"], dtype=float),
+                      "prob_within_forces": float(last["prob_within_forces"])}
+        return cls(md_step=int(md_step), structure=structure, energy=float(last["energy"]),
+                   energy_std=float(last["energy_std"]),
+                   prob_within=float(last["prob_within"]), md_s=float(md_s),
+                   ended_at=time.time(), **forces)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"md_step": self.md_step, "structure": self.structure.to_dict(),
+        data = {"md_step": self.md_step, "structure": self.structure.to_dict(),
                 "energy": self.energy, "energy_std": self.energy_std,
                 "prob_within": self.prob_within, "md_s": self.md_s, "ended_at": self.ended_at}
+        if self.prob_within_forces is not None:  # the force criterion's, only when it is on
+            data.update(forces=np.asarray(self.forces).tolist(),
+                        forces_std=np.asarray(self.forces_std).tolist(),
+                        prob_within_forces=self.prob_within_forces)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TriggerEvent:
-        return cls(**{**data, "structure": StructureRecord.from_dict(data["structure"])})
+        arrays = {k: np.array(data[k], dtype=float) for k in ("forces", "forces_std")
+                  if data.get(k) is not None}
+        return cls(**{**data, **arrays,
+                      "structure": StructureRecord.from_dict(data["structure"])})

@@ -96,6 +96,15 @@ def _summary(doc) -> str:
             f"  RMSE at calls: fine-tuned {doc.rmse_at_calls:.4f} eV, untuned "
             f"{doc.rmse_untuned_at_calls:.4f} eV",
         ]
+    if doc.n_audit_calls:
+        low, high = doc.audit_miss_rate_wilson95
+        lines += [
+            f"  audited frames {doc.n_audit_calls}: |error| > K on "
+            f"{100 * doc.audit_miss_rate:.1f} % (95 % interval {100 * low:.1f}-"
+            f"{100 * high:.1f} %)",
+            f"  RMSE on audited frames: fine-tuned {doc.audit_rmse:.4f} eV, untuned "
+            f"{doc.audit_rmse_untuned:.4f} eV",
+        ]
     t = doc.timings
     lines.append(f"  wall time {t.total:.0f} s (MD {t.md:.0f} s, reference {t.reference:.0f} s, "
                  f"updates {t.update:.0f} s)")
@@ -123,7 +132,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         temperature=DEMO["temperature"], timestep_fs=DEMO["timestep"], n_steps=args.steps,
         threshold=DEMO["threshold_kcal"] * EV_PER_KCAL_MOL, n_chains=DEMO["chains"],
         update_steps=DEMO["update_steps"], initial_update_steps=DEMO["initial_update_steps"],
-        seed=args.seed, progress=not args.json)
+        seed=args.seed, audit_fraction=args.audit, progress=not args.json)
     doc = run_flow(maker, molecule("CH3CH2OH"), args.store, args.verbose)
     _emit(args.out, doc, args.json, args.store)
     return 0

@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--store", default=DEFAULT_STORE, help=STORE_HELP)
     demo.add_argument("--steps", type=int, default=DEMO["steps"], help="MD steps")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--audit", type=float, default=defaults.AUDIT_FRACTION, metavar="FRACTION",
+                      help="also label this share of the untriggered MD steps, e.g. 0.05, and "
+                           "report the audited miss rate (default: off)")
     demo.add_argument("--json", action="store_true", help="print the OTFRunDoc as JSON")
 
     run = sub.add_parser("run", help="on-the-fly MD of one structure file",

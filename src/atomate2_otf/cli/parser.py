@@ -43,6 +43,14 @@ STORE_HELP = ("store: a folder (embedded, created if missing), a jobflow store f
               "(.yaml/.json) or a mongodb:// URI (default: %(default)s)")
 
 
+def _add_audit_option(parser: argparse.ArgumentParser) -> None:
+    """``--audit``, shared by ``demo``, ``run`` and ``batch``."""
+    parser.add_argument("--audit", type=float, default=defaults.AUDIT_FRACTION,
+                        metavar="FRACTION",
+                        help="also label this share of the untriggered MD steps, e.g. 0.02, "
+                             "and report the audited miss rate (default: off)")
+
+
 def _add_run_options(run: argparse.ArgumentParser) -> None:
     """The settings of an on-the-fly run (shared by ``run`` and ``batch``)."""
     run.add_argument("--model", default=defaults.MODEL,
@@ -68,9 +76,7 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--force-threshold", type=float, default=None, metavar="K_F",
                      help="also label when P(max_i |F_i error| < K_F) < confidence, K_F in "
                           "eV/A: the force criterion for local events (default: off)")
-    run.add_argument("--audit", type=float, default=defaults.AUDIT_FRACTION, metavar="FRACTION",
-                     help="also label this share of the untriggered MD steps, e.g. 0.02, and "
-                          "report the audited miss rate (default: off)")
+    _add_audit_option(run)
     run.add_argument("--chains", type=int, default=defaults.N_CHAINS,
                      help="SGHMC chains (default: %(default)s)")
     run.add_argument("--update-steps", type=int, default=defaults.UPDATE_STEPS,
@@ -100,9 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--store", default=DEFAULT_STORE, help=STORE_HELP)
     demo.add_argument("--steps", type=int, default=DEMO["steps"], help="MD steps")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--audit", type=float, default=defaults.AUDIT_FRACTION, metavar="FRACTION",
-                      help="also label this share of the untriggered MD steps, e.g. 0.05, and "
-                           "report the audited miss rate (default: off)")
+    _add_audit_option(demo)
     demo.add_argument("--json", action="store_true", help="print the OTFRunDoc as JSON")
 
     run = sub.add_parser("run", help="on-the-fly MD of one structure file",

@@ -35,6 +35,7 @@ from atomate2_otf.jobs import RunConfig, md_segment, prepare_run, reference_job
 from atomate2_otf.md.trigger import check_audit_fraction
 from atomate2_otf.models.base import check_model_name
 from atomate2_otf.reference.retry import RetryingGFN2xTBStaticMaker
+from atomate2_otf.schemas import ProductionMDDoc
 from atomate2_otf.store import load_checkpoint, save_trajectory
 
 if TYPE_CHECKING:
@@ -246,17 +247,19 @@ def ensemble_calculator(store: JobStore, checkpoint: str, threshold: float = def
     return PosteriorCalculator(posterior, threshold)
 
 
-@job(name="otf production md", config=STORE_CONFIG)
+@job(name="otf production md", config=STORE_CONFIG, output_schema=ProductionMDDoc)
 def production_md(checkpoint: str, state: dict[str, Any], md: dict[str, Any], run_id: str,
                   threshold: float, model: str | None = None,
-                  model_kwargs: dict[str, Any] | None = None) -> dict:
+                  model_kwargs: dict[str, Any] | None = None) -> ProductionMDDoc:
     """MD with a fine-tuned ensemble and no updates (energy is conserved in NVE).
 
     The model is the one the checkpoint names, unless ``model`` names another registration
-    of the same weights.
+    of the same weights. The document's ``structure`` is the last MD structure, so a Maker
+    chains after it as after atomate2's own (``next_maker.make(job.output.structure)``).
     """
     import time
 
+    from atomate2_otf.atoms import to_pymatgen
     from atomate2_otf.md.segment import MDSettings, run_segment
     from atomate2_otf.md.state import MDState
 
@@ -267,12 +270,13 @@ def production_md(checkpoint: str, state: dict[str, Any], md: dict[str, Any], ru
     result = run_segment(MDState.from_dict(state), calculator, MDSettings.from_dict(md))
     save_trajectory(store, run_id, 0, result.trajectory)
     energies = [f["energy"] for f in result.trajectory]
-    return {"run_id": run_id, "checkpoint": checkpoint, "n_md_steps": result.state.step,
-            "final_state": result.state.to_dict(), "trajectory": result.trajectory,
-            "max_energy_std": float(np.max([f.get("energy_std", 0.0)
-                                            for f in result.trajectory])),
-            "energy_range": float(np.ptp(energies)) if energies else 0.0,
-            "wall_s": time.perf_counter() - started}
+    return ProductionMDDoc(
+        run_id=run_id, checkpoint=checkpoint, n_md_steps=result.state.step,
+        final_state=result.state.to_dict(), trajectory=result.trajectory,
+        max_energy_std=float(np.max([f.get("energy_std", 0.0) for f in result.trajectory])),
+        energy_range=float(np.ptp(energies)) if energies else 0.0,
+        wall_s=time.perf_counter() - started,
+        structure=to_pymatgen(result.state.to_atoms()))
 
 
 @dataclass

@@ -14,6 +14,12 @@ Each item names the behaviour it answers and why:
   never passes through this package's code, so only a dynamic config update routes it.
 - **store_inputs** (:func:`is_store_inputs`): the local runner must run it first, as
   ``run_locally`` does, since it maps the replaced job's uuid to its replacement's output.
+- **Output schemas of replaced jobs** (:func:`release_output_schema`): jobflow 0.4.0
+  gives the ``store_inputs`` job it appends to a replacement the replaced job's
+  ``output_schema`` and applies it to that job's output, which is an unresolved
+  ``OutputReference`` (``store_inputs`` does not resolve), so every replace of a job with
+  a schema fails ("Expected output to be OTFRunDoc or dict but got output type of
+  OutputReference"); the schema is checked where the document is made instead.
 - **Recursion headroom** (:func:`ensure_recursion_headroom`): ``run_locally`` runs each
   replacement in a nested call (about two frames per cycle), so hundreds of reference
   calls would reach Python's recursion limit (tests/workflow: 1000 replace cycles).
@@ -109,6 +115,19 @@ def route_store_inputs(segment: Any, category: str | None) -> None:
             return
     segment.update_config({"manager_config": {"_category": category}},
                           name_filter=STORE_INPUTS, attributes="manager_config", dynamic=True)
+
+
+def release_output_schema() -> None:
+    """Before a job with an ``output_schema`` returns ``Response(replace=...)``: drop the
+    schema from the running job, so that jobflow's ``store_inputs`` job (which carries the
+    replacement's output, an unresolved reference) does not inherit it (module docstring).
+    The job that finally makes the document keeps the schema and is checked against it;
+    the flow's ``output`` reference keeps it too, so attribute access is still validated.
+    """
+    from jobflow import CURRENT_JOB
+
+    if CURRENT_JOB.job is not None:
+        CURRENT_JOB.job.output_schema = None
 
 
 def current_store() -> JobStore:

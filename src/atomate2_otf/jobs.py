@@ -1,7 +1,12 @@
 """The jobs of an on-the-fly run: prepare, MD segment, posterior update (METHOD.md sec. 6).
 
-Each MD segment either finishes the run (output: :class:`OTFRunDoc`) or stops at a trigger
-and replaces itself with ``Flow([reference k, update k, md segment k+1])``. Jobs pass only
+Each MD segment either finishes the run (output: :class:`OTFRunDoc`, the segment job's
+``output_schema``, so ``flow.output.structure`` is checked when the flow is built) or stops
+at a trigger and replaces itself with ``Flow([reference k, update k, md segment k+1])``.
+The prepare and update jobs keep plain dict outputs without a schema: later jobs index them
+by key (``update.output["checkpoint"]``, also in flows already stored by a journal or
+FireWorks), and jobflow resolves ``["key"]`` on a pydantic document with ``doc["key"]``,
+which a pydantic model does not support. Jobs pass only
 small documents between them (a checkpoint key, the MD state, one label); the posterior
 bytes live in the JobStore's ``checkpoints`` store (:mod:`atomate2_otf.store`), so a flow
 of a thousand cycles keeps neither megabytes in job arguments nor state in the process.
@@ -23,13 +28,14 @@ from atomate2_otf.jobflow_compat import (
     UPDATE_CONFIG,
     current_store,
     ensure_recursion_headroom,
+    release_output_schema,
     route_store_inputs,
     route_to_category,
 )
 from atomate2_otf.records import StructureRecord
 from atomate2_otf.reference.labels import elapsed_from_output, label_from_output
 from atomate2_otf.resources import resources
-from atomate2_otf.schemas import ReferenceCall
+from atomate2_otf.schemas import OTFRunDoc, ReferenceCall
 from atomate2_otf.store import (
     RetentionPolicy,
     load_checkpoint,
@@ -198,7 +204,7 @@ def update_posterior(reference_output: Any, checkpoint: str, trigger: dict[str, 
     return {"checkpoint": key, "call": call.model_dump(), "label": label.to_dict()}
 
 
-@job(name="otf md segment", config=STORE_CONFIG)
+@job(name="otf md segment", config=STORE_CONFIG, output_schema=OTFRunDoc)
 def md_segment(checkpoint: str, state: dict[str, Any], index: int, config: dict[str, Any],
                reference_maker: Maker, pending_label: dict[str, Any] | None = None,
                run_started: float | None = None) -> Response:
@@ -284,6 +290,7 @@ def md_segment(checkpoint: str, state: dict[str, Any], index: int, config: dict[
         if CURRENT_JOB.job is not None:
             route_store_inputs(CURRENT_JOB.job, categories.get("segment"))
     ensure_recursion_headroom()
+    release_output_schema()  # the last segment's OTFRunDoc is checked, not this reference
     return Response(replace=Flow([reference, update, following], output=following.output,
                                  name=f"otf cycle {k}"),
                     output={"run_id": cfg.run_id, "segment": index, "triggered_at": k,

@@ -53,7 +53,7 @@ def summarise_run(store: JobStore, cfg: RunConfig, final_state: dict[str, Any],
         reference=cfg.reference, ensemble=str(cfg.md.get("ensemble", "nvt")), completed=True,
         n_md_steps=int(final_state["step"]), threshold=cfg.threshold,
         confidence=cfg.confidence, energy_offset=posterior_offset,
-        final_checkpoint=checkpoint, final_structure=structure,
+        final_checkpoint=checkpoint, final_structure=structure, structure=structure,
         final_state=final_state,
         settings=cfg.to_dict(), **fields)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pymatgen.core import Molecule, Structure
 
 from atomate2_otf.stats import wilson_interval
@@ -116,9 +116,20 @@ class OTFRunDoc(BaseModel):
     final_checkpoint: str | None = None
     final_structure: Structure | Molecule | None = Field(
         None, description="the last MD structure")
+    structure: Structure | Molecule | None = Field(
+        None, description="the last MD structure, under the name atomate2's documents use, "
+                          "so that next_maker.make(flow.output.structure) chains a Maker "
+                          "after the run (the same as final_structure)")
     final_state: dict[str, Any] | None = Field(
         None, description="complete MD state at the end (atomate2_otf.md.state.MDState)")
     settings: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _structure_is_final_structure(self) -> OTFRunDoc:
+        """Documents stored before ``structure`` existed get it from ``final_structure``."""
+        if self.structure is None and self.final_structure is not None:
+            self.structure = self.final_structure
+        return self
 
     @classmethod
     def from_calls(cls, calls: list[ReferenceCall], **fields: Any) -> OTFRunDoc:
@@ -157,3 +168,29 @@ class OTFRunDoc(BaseModel):
             timings=timings,
             **fields,
         )
+
+
+class ProductionMDDoc(BaseModel):
+    """MD with a fine-tuned ensemble and no updates (``ProductionMDMaker``).
+
+    Item access (``doc["energy_range"]``) is kept: this output was a plain dict before.
+    """
+
+    run_id: str
+    checkpoint: str = Field(description="checkpoint of the ensemble that drove the MD")
+    n_md_steps: int = Field(description="MD steps done")
+    final_state: dict[str, Any] = Field(
+        description="complete MD state at the end (atomate2_otf.md.state.MDState)")
+    trajectory: list[dict[str, Any]] = Field(
+        default_factory=list, description="stored frames, with energy_std and prob_within")
+    max_energy_std: float = Field(0.0, description="largest predicted energy std (eV)")
+    energy_range: float = Field(0.0, description="max - min potential energy (eV)")
+    wall_s: float = Field(0.0, description="wall time (s)")
+    structure: Structure | Molecule | None = Field(
+        None, description="the last MD structure (for next_maker.make(output.structure))")
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return getattr(self, key)
+        except AttributeError:
+            raise KeyError(key) from None

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from jobflow import JobStore
     from pymatgen.core import Molecule, Structure
 
+    from atomate2_otf.bnn.posterior import Posterior
     from atomate2_otf.md.calculator import PosteriorCalculator
     from atomate2_otf.md.settings import MDSettings
 
@@ -236,15 +237,24 @@ def ensemble_calculator(store: JobStore, checkpoint: str, threshold: float = def
     ``checkpoint`` is a key such as ``OTFRunDoc.final_checkpoint``; the model is reloaded by
     the name stored in the checkpoint unless ``model`` names another registration.
     """
-    from atomate2_otf.bnn.posterior import Posterior
     from atomate2_otf.md.calculator import PosteriorCalculator
+
+    return PosteriorCalculator(load_fine_tuned_posterior(store, checkpoint, model, model_kwargs),
+                               threshold)
+
+
+def load_fine_tuned_posterior(store: JobStore, checkpoint: str, model: str | None = None,
+                              model_kwargs: dict[str, Any] | None = None) -> Posterior:
+    """The posterior of checkpoint ``checkpoint`` (a key such as ``run_id:3``) in ``store``,
+    its model loaded by the name the checkpoint stores unless ``model`` names another
+    registration of the same weights (the checkpoint refuses different weights)."""
+    from atomate2_otf.bnn.posterior import Posterior
     from atomate2_otf.models.base import load_model
 
     store.connect()
     blob = load_checkpoint(store, checkpoint)
-    posterior = Posterior.from_bytes(
+    return Posterior.from_bytes(
         blob, model=None if model is None else load_model(model, **(model_kwargs or {})))
-    return PosteriorCalculator(posterior, threshold)
 
 
 @job(name="otf production md", config=STORE_CONFIG, output_schema=ProductionMDDoc)

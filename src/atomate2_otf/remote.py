@@ -19,6 +19,16 @@ jobflow-remote 1.0.1):
   segment, present and future; the ``store_inputs`` job jobflow appends to each
   replacement then falls back to the segment's worker, as jobflow-remote gives a job
   without a worker its creator's.
+
+**Not yet runnable end to end.** jobflow-remote's workers never open the JobStore: each job
+runs against a per-job JSON file store that the runner copies into the database afterwards
+(references in job arguments are resolved by the runner before upload). This package's
+jobs read the previous posterior checkpoint from the store by key and write checkpoints and
+trajectories with their own keys, so under jobflow-remote ``otf prepare`` runs but its
+checkpoint cannot be copied back (the runner reloads the file store keyed ``blob_uuid``),
+and a segment would find no checkpoint. Tested with jobflow-remote 1.0.1, local workers
+and a MongoDB server: ``otf reference 0`` completes on ``cpu``, ``otf prepare`` runs on
+``gpu`` and stays DOWNLOADED. Checkpoints must travel as job outputs first (jobs.py).
 """
 
 from __future__ import annotations
@@ -76,6 +86,9 @@ def route_for_jobflow_remote(
     from jobflow import Flow
 
     set_run_config = _set_run_config()
+    logger.warning("jobflow-remote cannot run an on-the-fly flow to the end yet: its "
+                   "workers do not reach the JobStore the jobs read checkpoints from "
+                   "(docs/production.md#jobflow-remote); only the routing is set here")
     for value, what in ((reference_worker, "reference_worker"), (md_worker, "md_worker")):
         if not isinstance(value, str) or not value.strip():
             raise ValueError(f"{what} must be a jobflow-remote worker name, got {value!r}")

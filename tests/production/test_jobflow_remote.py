@@ -165,4 +165,4 @@ def test_example_project_file_is_a_valid_project():
     project = Project.model_validate(loadfn(EXAMPLES / "jobflow_remote_project.yaml"))
     assert set(project.workers) == {"cpu", "gpu"}
     store = project.get_jobstore()
-    assert {"checkpoints", "trajectories", "runs"} <= set(store.additional_stores)
+    assert {"checkpoints", "trajectories", "runs", "data"} <= set(store.additional_stores)

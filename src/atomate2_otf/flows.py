@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from jobflow import Flow, Maker, Response, job
+from jobflow import Flow, Maker, OutputReference, Response, job
 
 from atomate2_otf import defaults
-from atomate2_otf.atoms import to_atoms
+from atomate2_otf.atoms import to_atoms, to_pymatgen
 from atomate2_otf.bnn.calibration import (
     check_confidence,
     check_ema_decay,
@@ -31,7 +31,7 @@ from atomate2_otf.jobflow_compat import (
     route_segment,
     route_to_category,
 )
-from atomate2_otf.jobs import RunConfig, md_segment, prepare_run, reference_job
+from atomate2_otf.jobs import RunConfig, md_segment, prepare_run, reference_job, start_run
 from atomate2_otf.md.trigger import check_audit_fraction
 from atomate2_otf.models.base import check_model_name
 from atomate2_otf.reference.retry import RetryingGFN2xTBStaticMaker
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from atomate2_otf.bnn.posterior import Posterior
     from atomate2_otf.md.calculator import PosteriorCalculator
     from atomate2_otf.md.settings import MDSettings
+    from atomate2_otf.md.state import MDState
 
 
 
@@ -131,6 +132,15 @@ class OTFMDMaker(_MDMaker):
         worker_categories: FireWorks categories by job kind, keys "reference", "segment",
             "update", "prepare" (e.g. references on CPU workers, the rest on GPU workers;
             see atomate2_otf.fireworks.DEFAULT_WORKER_CATEGORIES); None: no routing.
+        start_from: continue a stored posterior: a checkpoint key of the JobStore the
+            flow runs with (``OTFRunDoc.final_checkpoint``, or a reference to one). The
+            chains, data, calibration and energy offset are the checkpoint's (so are the
+            posterior's own settings: n_chains, sigma_tl, energy_sigma, calibration prior,
+            SGHMC); structure, ensemble, temperatures, steps and K are this Maker's. An
+            ``otf start`` job refuses, before reference call 0, a missing checkpoint, a
+            model with other pretrained weights, and a reference other than the source
+            run's; label 0 is then scored before it is learnt (see ``prepare_run``). Pass
+            the source run's final ``MDState`` to ``make`` to continue its dynamics too.
     """
 
     reference_maker: Maker = field(default_factory=RetryingGFN2xTBStaticMaker)
@@ -152,6 +162,7 @@ class OTFMDMaker(_MDMaker):
     force_trigger_every: int | None = None
     progress: bool = False
     worker_categories: dict[str, str] | None = None
+    start_from: str | OutputReference | None = None
 
     def run_config(self, atoms: Atoms) -> RunConfig:
         """Validate every setting (no model is loaded) and freeze them for the jobs."""
@@ -204,16 +215,38 @@ class OTFMDMaker(_MDMaker):
             formula=atoms.get_chemical_formula(mode="hill"), worker_categories=categories,
             audit_fraction=audit_fraction, force_threshold=force_threshold)
 
-    def make(self, structure: Structure | Molecule | Atoms | str | Path,
+    def make(self, structure: Structure | Molecule | Atoms | MDState | str | Path,
              prev_dir: str | Path | None = None) -> Flow:
-        """The on-the-fly flow for one structure (``prev_dir`` unused; atomate2 signature)."""
-        from atomate2_otf.md.segment import MDSettings, initial_state
+        """The on-the-fly flow for one structure (``prev_dir`` unused; atomate2 signature).
 
-        atoms = to_atoms(structure)
-        cfg = self.run_config(atoms)
-        state = initial_state(atoms, MDSettings.from_dict(cfg.md), int(self.seed))
-        reference = reference_job(self.reference_maker, atoms, 0, cfg, md_step=0)
-        prepare = prepare_run(reference.output, state.to_dict(), cfg.to_dict())
+        An :class:`~atomate2_otf.md.state.MDState` (e.g. ``MDState.from_dict(
+        doc.final_state)``) continues a run's dynamics: its positions, momenta and cell
+        are kept, the step count, thermostat/barostat variables and random stream start
+        anew (for this Maker's ensemble and seed).
+        """
+        from atomate2_otf.md.segment import MDSettings, initial_state
+        from atomate2_otf.md.state import MDState
+
+        start_from = check_start_from(self.start_from)
+        if isinstance(structure, MDState):
+            atoms = structure.to_atoms()
+            cfg = self.run_config(atoms)
+            state = continued_state(structure, MDSettings.from_dict(cfg.md), int(self.seed))
+        else:
+            atoms = to_atoms(structure)
+            cfg = self.run_config(atoms)
+            state = initial_state(atoms, MDSettings.from_dict(cfg.md), int(self.seed))
+        start = None
+        if start_from is not None:
+            start = start_run(start_from, to_pymatgen(atoms), cfg.to_dict())
+            start.metadata = cfg.metadata("start", 0)
+            reference = reference_job(self.reference_maker, start.output["structure"], 0,
+                                      cfg, md_step=0)
+            prepare = prepare_run(reference.output, state.to_dict(), cfg.to_dict(),
+                                  start_from=start.output["checkpoint"])
+        else:
+            reference = reference_job(self.reference_maker, atoms, 0, cfg, md_step=0)
+            prepare = prepare_run(reference.output, state.to_dict(), cfg.to_dict())
         prepare.metadata = cfg.metadata("prepare", 0)
         segment = md_segment(prepare.output["checkpoint"], prepare.output["state"], 0,
                              cfg.to_dict(), self.reference_maker,
@@ -223,9 +256,42 @@ class OTFMDMaker(_MDMaker):
         if cfg.worker_categories:
             route_to_category(reference, cfg.worker_categories.get("reference"))
             route_to_category(prepare, cfg.worker_categories.get("prepare"))
+            if start is not None:
+                route_to_category(start, cfg.worker_categories.get("prepare"))
             route_segment(segment, cfg.worker_categories)
-        return Flow([reference, prepare, segment], output=segment.output,
-                    name=f"{self.name} {cfg.formula}")
+        jobs = [reference, prepare, segment] if start is None else [start, reference, prepare,
+                                                                     segment]
+        return Flow(jobs, output=segment.output, name=f"{self.name} {cfg.formula}")
+
+
+def check_start_from(start_from: Any) -> str | OutputReference | None:
+    """``start_from`` as OTFMDMaker takes it: None, a checkpoint key ``run_id:index`` or a
+    reference to one (resolved when the run starts); anything else is refused here."""
+    if start_from is None or isinstance(start_from, OutputReference):
+        return start_from
+    run_id, _, index = start_from.rpartition(":") if isinstance(start_from, str) else ("", "", "")
+    if not run_id or not index.isdigit():
+        raise ValueError(f"start_from must be a checkpoint key 'run_id:index' such as "
+                         f"OTFRunDoc.final_checkpoint (or a flow's output reference to one), "
+                         f"got {start_from!r}")
+    return start_from
+
+
+def continued_state(previous: MDState, settings: MDSettings, seed: int) -> MDState:
+    """Step-0 state of a run that continues ``previous``'s dynamics: its positions,
+    momenta, cell and masses; new integrator variables and random stream (``seed``), as
+    the ensemble may change (Langevin, then NVE); results computed on first use."""
+    from atomate2_otf.md.integrators import new_rng_state
+    from atomate2_otf.md.segment import check_structure_for_md
+    from atomate2_otf.md.state import MDState
+
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    atoms = previous.to_atoms()
+    check_structure_for_md(atoms, settings)
+    state = MDState.from_atoms(atoms, step=0)
+    state.integrator = {"ensemble": settings.ensemble, "rng": new_rng_state(int(seed))}
+    return state
 
 
 def ensemble_calculator(store: JobStore, checkpoint: str, threshold: float = defaults.THRESHOLD,
@@ -269,7 +335,6 @@ def production_md(checkpoint: str, state: dict[str, Any], md: dict[str, Any], ru
     """
     import time
 
-    from atomate2_otf.atoms import to_pymatgen
     from atomate2_otf.md.segment import MDSettings, run_segment
     from atomate2_otf.md.state import MDState
 

@@ -131,10 +131,80 @@ def _update(posterior: Posterior, config: RunConfig, n_steps: int, label: str) -
             bar.close()
 
 
+def source_reference(store: JobStore, checkpoint: str) -> str | None:
+    """The reference name of the run that wrote ``checkpoint`` (``run_id:index``), from its
+    prepare job's output or its finished OTFRunDoc; None if this store has neither.
+
+    Checkpoints store the model, not the reference, so a continued run checks the
+    reference against the source run's documents.
+    """
+    run_id = checkpoint.rsplit(":", 1)[0]
+    doc = store.query_one({"metadata.otf_run_id": run_id, "metadata.otf_kind": "prepare"},
+                          properties=["output.reference"])
+    reference = None if doc is None else doc["output"].get("reference")
+    if reference is None:
+        doc = store.query_one({"metadata.otf_run_id": run_id, "metadata.otf_kind": "segment",
+                               "output.completed": True}, properties=["output.reference"])
+        reference = None if doc is None else doc["output"].get("reference")
+    return reference
+
+
+@job(name="otf start", config=STORE_CONFIG)
+def start_run(start_from: str, structure: Any, config: dict[str, Any]) -> dict[str, Any]:
+    """Check, before reference call 0 is paid for, that a continued run can start from
+    checkpoint ``start_from``: it exists, its posterior's pretrained weights are those of
+    the run's model, its source run used the same reference, and the model describes the
+    new structure's elements. Hands the structure on to reference call 0."""
+    from atomate2_otf.atoms import to_atoms
+    from atomate2_otf.bnn.posterior import Posterior
+
+    cfg = RunConfig.from_dict(config)
+    store = current_store()
+    where = f"start_from={start_from!r}"
+    blob = load_checkpoint_for_start(store, start_from)
+    try:
+        posterior = Posterior.from_bytes(blob, model=_model(cfg))
+    except ValueError as error:
+        raise ValueError(f"{where}: its posterior cannot continue with model={cfg.model!r} "
+                         f"({error}); use the model the source run used") from error
+    reference = source_reference(store, start_from)
+    if reference is None:
+        logger.warning("%s: no document of the source run in this store names its "
+                       "reference; the reference %r is not checked", where, cfg.reference)
+    elif reference != cfg.reference:
+        raise ValueError(f"{where}: the source run labelled with reference {reference!r}, "
+                         f"this run's reference_maker is {cfg.reference!r}; a posterior "
+                         f"continues only with the reference its data came from")
+    posterior.check_structure(record_from_atoms(to_atoms(structure)))
+    return {"checkpoint": start_from, "structure": structure}
+
+
+def load_checkpoint_for_start(store: JobStore, key: Any) -> bytes:
+    """The bytes of checkpoint ``key``, or a ValueError saying what start_from takes."""
+    if not isinstance(key, str) or ":" not in key:
+        raise ValueError(f"start_from must be a checkpoint key 'run_id:index' (such as "
+                         f"OTFRunDoc.final_checkpoint), got {key!r}")
+    try:
+        return load_checkpoint(store, key)
+    except ValueError as error:
+        raise ValueError(f"start_from={key!r}: {error}; start_from takes a checkpoint of "
+                         f"the JobStore the flow runs with (OTFRunDoc.final_checkpoint)") \
+            from error
+
+
 @job(name="otf prepare", config=STORE_CONFIG)
 def prepare_run(reference_output: Any, state: dict[str, Any],
-                config: dict[str, Any]) -> dict[str, Any]:
-    """Label 0 sets the energy offset; sample the first chains; write checkpoint 0."""
+                config: dict[str, Any], start_from: str | None = None) -> dict[str, Any]:
+    """Label 0 sets the energy offset; sample the first chains; write checkpoint 0.
+
+    With ``start_from`` (a checkpoint key) the run continues that posterior (chains, data,
+    calibration, energy offset) instead: label 0 of the new start structure is scored
+    first, as every later label is (the error of the ensemble's prediction before it saw
+    the structure joins the calibration, then the label joins the data), since the
+    structure is new to the ensemble and a label learnt unscored would be a test skipped.
+    The energy offset stays the posterior's: its data are in that energy zero, and label 0
+    is just one more label. Then the chains sample ``initial_update_steps``.
+    """
     from atomate2_otf.md.state import MDState
 
     cfg = RunConfig.from_dict(config)
@@ -145,9 +215,15 @@ def prepare_run(reference_output: Any, state: dict[str, Any],
                               where="reference call 0 (the initial structure)")
     reference_s = elapsed_from_output(reference_output)
     run_started = time.time() - (reference_s or 0.0)
-    posterior = new_posterior(cfg)
-    started = time.perf_counter()
-    posterior.add_labels([label])
+    scored: dict[str, Any] = {}
+    if start_from is None:
+        posterior = new_posterior(cfg)
+        started = time.perf_counter()
+        posterior.add_labels([label])
+    else:
+        posterior = load_posterior(store, start_from, cfg)
+        started = time.perf_counter()
+        scored = _score_start(posterior, label, cfg)
     _update(posterior, cfg, cfg.initial_update_steps, "initial update")
     update_s = time.perf_counter() - started
     key = save_checkpoint(store, cfg.run_id, 0, posterior.to_bytes())
@@ -155,10 +231,33 @@ def prepare_run(reference_output: Any, state: dict[str, Any],
     md_state.energy = label.energy
     md_state.forces = np.asarray(label.forces)
     md_state.stress = None if label.stress is None else np.asarray(label.stress)
-    call = ReferenceCall(index=0, kind="initial", md_step=md_state.step, reference_energy=label.energy,
-                         reference_s=reference_s, update_s=update_s, checkpoint=key)
+    call = ReferenceCall(index=0, kind="initial", md_step=md_state.step,
+                         reference_energy=label.energy, reference_s=reference_s,
+                         update_s=update_s, checkpoint=key, **scored)
     return {"checkpoint": key, "state": md_state.to_dict(), "call": call.model_dump(),
-            "energy_offset": posterior.energy_offset, "run_started": run_started}
+            "energy_offset": posterior.energy_offset, "run_started": run_started,
+            "reference": cfg.reference, "start_from": start_from}
+
+
+def _score_start(posterior: Posterior, label: StructureRecord,
+                 cfg: RunConfig) -> dict[str, Any]:
+    """Predict label 0's structure with the carried posterior, then observe the label:
+    the ReferenceCall fields of that scored prediction."""
+    prediction = posterior.predict([label.unlabelled()], pool=_pool(cfg, posterior))
+    energy = float(prediction.energy[0])
+    energy_std = float(prediction.energy_std[0])
+    prob_within = float(posterior.calibration.prob_within(energy_std, cfg.threshold))
+    forces = forces_std = None
+    if cfg.force_threshold is not None:
+        forces = np.asarray(prediction.forces)
+        forces_std = np.sqrt(np.asarray(prediction.forces_var))
+    observed = posterior.observe(label, energy, energy_std, predicted_forces=forces,
+                                 forces_std=forces_std)
+    return {"predicted_energy": energy, "error": observed.error, "sigma": observed.sigma,
+            "prob_within": prob_within, "untuned_error": observed.untuned_error,
+            "predictive_scale": observed.predictive_scale,
+            "predictive_dof": observed.predictive_dof, "force_error": observed.force_error,
+            "force_sigma": observed.force_sigma}
 
 
 @job(name="otf update", config=UPDATE_CONFIG)
@@ -307,7 +406,8 @@ def reference_job(maker: Maker, atoms: Any, index: int, cfg: RunConfig, md_step:
     a route by name (``otf reference``) or by kind ("reference") sends it where every other
     reference goes.
     """
-    reference = maker.make(to_pymatgen(atoms))
+    # an OutputReference (a continued run's start job hands the structure on) stays one
+    reference = maker.make(atoms if isinstance(atoms, OutputReference) else to_pymatgen(atoms))
     reference.name = f"otf reference {index}" + (" audit" if audit else "")
     if hasattr(reference, "metadata") and not isinstance(reference, Flow):
         reference.metadata = {**(reference.metadata or {}), **cfg.metadata("reference", index),

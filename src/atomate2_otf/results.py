@@ -40,11 +40,13 @@ def summarise_run(store: JobStore, cfg: RunConfig, final_state: dict[str, Any],
     atoms = MDState.from_dict(final_state).to_atoms()
     structure = to_pymatgen(atoms)
     calls = run_calls(store, cfg.run_id)
-    posterior_offset = None
+    posterior_offset = start_from = None
     if calls:
         doc = store.query_one({"metadata.otf_run_id": cfg.run_id, "metadata.otf_kind": "prepare"},
-                              properties=["output.energy_offset"])
-        posterior_offset = None if doc is None else doc["output"].get("energy_offset")
+                              properties=["output.energy_offset", "output.start_from"])
+        if doc is not None:
+            posterior_offset = doc["output"].get("energy_offset")
+            start_from = doc["output"].get("start_from")
     fields: dict[str, Any] = {"final_md_s": final_md_s}
     if total_s is not None:
         fields["total_s"] = total_s
@@ -54,7 +56,7 @@ def summarise_run(store: JobStore, cfg: RunConfig, final_state: dict[str, Any],
         n_md_steps=int(final_state["step"]), threshold=cfg.threshold,
         confidence=cfg.confidence, energy_offset=posterior_offset,
         final_checkpoint=checkpoint, final_structure=structure, structure=structure,
-        final_state=final_state,
+        final_state=final_state, start_from=start_from,
         settings=cfg.to_dict(), **fields)
 
 

@@ -4,7 +4,9 @@ Energies are in eV; ``call_errors`` are model-minus-reference energy errors of t
 *before* it saw the structure (the calibration statistic of METHOD.md sec. 5), and
 ``untuned_errors`` those of the pretrained model with the run's energy offset. The first
 reference call only sets the offset (its error is zero by construction), so the error lists
-have ``n_reference_calls - 1`` entries.
+have ``n_reference_calls - 1`` entries. A run that continues a posterior
+(``OTFMDMaker(start_from=...)``) scores its first call too (``calls[0].error``), outside
+the triggered statistics.
 
 Audited frames (``OTFMDMaker(audit_fraction=...)``) are reference calls on MD steps the
 trigger let pass, drawn at random; they are ``calls`` of kind ``"audit"``, kept out of the
@@ -123,6 +125,9 @@ class OTFRunDoc(BaseModel):
     final_state: dict[str, Any] | None = Field(
         None, description="complete MD state at the end (atomate2_otf.md.state.MDState)")
     settings: dict[str, Any] = Field(default_factory=dict)
+    start_from: str | None = Field(
+        None, description="checkpoint whose posterior this run continued "
+                          "(OTFMDMaker(start_from=...)); None: a fresh posterior")
 
     @model_validator(mode="after")
     def _structure_is_final_structure(self) -> OTFRunDoc:
@@ -135,7 +140,8 @@ class OTFRunDoc(BaseModel):
     def from_calls(cls, calls: list[ReferenceCall], **fields: Any) -> OTFRunDoc:
         """Fill the statistics from the per-call records (sorted by index)."""
         calls = sorted(calls, key=lambda c: c.index)
-        triggered = [c for c in calls if c.error is not None and c.kind != "audit"]
+        # a continued run's initial call is scored too (start_from), but not triggered
+        triggered = [c for c in calls if c.error is not None and c.kind == "trigger"]
         errors = [c.error for c in triggered]
         untuned = [c.untuned_error for c in triggered if c.untuned_error is not None]
         threshold = fields["threshold"]

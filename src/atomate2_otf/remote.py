@@ -45,8 +45,9 @@ logger = logging.getLogger(__name__)
 #: job-name substrings of the reference calculations (audits included: "otf reference k audit")
 REFERENCE_NAMES: tuple[str, ...] = ("otf reference",)
 #: job-name substrings of the jobs that run the model: MD segments, posterior updates, the
-#: initial preparation (first update) and ProductionMDMaker's MD
-MD_NAMES: tuple[str, ...] = ("otf md segment", "otf update", "otf prepare", "otf production md")
+#: initial preparation (first update), the start-from-a-posterior check and ProductionMDMaker's MD
+MD_NAMES: tuple[str, ...] = (
+    "otf md segment", "otf update", "otf prepare", "otf start", "otf production md")
 #: the jobs that create further jobs at run time
 SEGMENT_NAME = "otf md segment"
 

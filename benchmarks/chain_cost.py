@@ -38,11 +38,11 @@ import torch
 from ase.build import bulk, molecule
 
 from atomate2_otf.atoms import record_from_atoms
-from atomate2_otf.records import StructureRecord
 from atomate2_otf.bnn.parallel import ChainPool
 from atomate2_otf.bnn.posterior import Posterior, PosteriorConfig
 from atomate2_otf.bnn.sghmc import SGHMCConfig
 from atomate2_otf.models.base import FoundationModel, load_model
+from atomate2_otf.records import StructureRecord
 from atomate2_otf.runtime import keep_freed_memory
 
 sys.path.insert(0, str(Path(__file__).parent))

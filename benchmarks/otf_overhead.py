@@ -55,10 +55,10 @@ def run_case(case: str, steps: int) -> dict:
 
     from atomate2_otf.cli.parser import DEMO
     from atomate2_otf.flows import OTFMDMaker
-    from atomate2_otf.results import read_run_doc
     from atomate2_otf.reference.makers import EMTStaticMaker, get_reference_maker
-    from atomate2_otf.units import EV_PER_KCAL_MOL
+    from atomate2_otf.results import read_run_doc
     from atomate2_otf.store import embedded_job_store
+    from atomate2_otf.units import EV_PER_KCAL_MOL
 
     folder = tempfile.mkdtemp()
     os.chdir(folder)

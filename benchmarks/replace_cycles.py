@@ -29,13 +29,13 @@ def one_run(cycles: int, store_kind: str, manager: str = "jobflow") -> dict:
 
     sys.path.insert(0, str(ROOT))
 
+    import torch
+
     from atomate2_otf.models.base import register_model
     from atomate2_otf.store import embedded_job_store
     from tests.cycles import cycles_flow, run_with
     from tests.rss import rss_after_updates
     from tests.toy_model import ToyModel
-
-    import torch
 
     torch.set_num_threads(1)  # tiny model: threads only add synchronisation
     logging.disable(logging.WARNING)

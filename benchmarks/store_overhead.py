@@ -68,9 +68,9 @@ def run_once(spec: str, work: Path, steps: int, every: int, seed: int) -> dict:
     from ase.build import bulk
 
     from atomate2_otf.flows import OTFMDMaker
-    from atomate2_otf.results import read_run_doc
     from atomate2_otf.local import run_flow_locally
     from atomate2_otf.reference.makers import get_reference_maker
+    from atomate2_otf.results import read_run_doc
     from atomate2_otf.store import (
         list_checkpoints,
         load_checkpoint,

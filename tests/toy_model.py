@@ -13,13 +13,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from atomate2_otf.records import StructureRecord
 from atomate2_otf.models.base import (
     FamilyDefaults,
     FoundationModel,
     ModelOutput,
     periodic_stress,
 )
+from atomate2_otf.records import StructureRecord
 
 
 class PairMLP(nn.Module):

@@ -6,8 +6,8 @@ import time
 import numpy as np
 import torch
 
-from atomate2_otf.records import StructureRecord
 from atomate2_otf.bnn.checkpoint import pack_records, unpack_records
+from atomate2_otf.records import StructureRecord
 
 
 def _records(n: int) -> list[StructureRecord]:

@@ -3,8 +3,8 @@ import math
 import numpy as np
 import torch
 
-from atomate2_otf.records import StructureRecord
 from atomate2_otf.bnn.likelihood import Targets, log_likelihood
+from atomate2_otf.records import StructureRecord
 
 
 def test_gaussian_terms_and_stress_mask():

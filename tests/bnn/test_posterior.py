@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from atomate2_otf.records import StructureRecord
 from atomate2_otf.bnn.ensemble import combine_ensemble
 from atomate2_otf.bnn.posterior import Posterior, PosteriorConfig
 from atomate2_otf.bnn.sghmc import SGHMCConfig
+from atomate2_otf.records import StructureRecord
 from tests.toy_model import ToyModel
 
 

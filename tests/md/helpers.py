@@ -9,8 +9,8 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.emt import EMT
 
 from atomate2_otf.atoms import record_from_atoms
-from atomate2_otf.records import StructureRecord
 from atomate2_otf.md.segment import run_segment
+from atomate2_otf.records import StructureRecord
 
 
 def cu_cell(repeat: int = 2, rattle: float = 0.05) -> Atoms:

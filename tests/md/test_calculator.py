@@ -5,12 +5,12 @@ import pytest
 from ase import Atoms
 
 from atomate2_otf.atoms import record_from_atoms
-from atomate2_otf.records import StructureRecord
 from atomate2_otf.bnn.posterior import Posterior, PosteriorConfig
 from atomate2_otf.bnn.sghmc import SGHMCConfig
 from atomate2_otf.md.calculator import PosteriorCalculator
 from atomate2_otf.md.segment import MDSettings, initial_state, run_segment
 from atomate2_otf.md.trigger import CalibratedTrigger
+from atomate2_otf.records import StructureRecord
 from tests.toy_model import ToyModel
 
 BASE = np.array([[0, 0, 0], [1.1, 0, 0], [0, 1.2, 0], [0, 0, 1.3], [1.0, 1.0, 1.0]])

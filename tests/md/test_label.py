@@ -5,8 +5,8 @@ import pytest
 from ase import units
 from ase.calculators.emt import EMT
 
-from atomate2_otf.records import StructureRecord
 from atomate2_otf.md.segment import MDSettings, initial_state, run_segment
+from atomate2_otf.records import StructureRecord
 from tests.md.helpers import ScaledEMT, cu_cell, label_with
 
 DT_FS = 2.0

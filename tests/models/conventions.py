@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from atomate2_otf.records import StructureRecord
 from atomate2_otf.models.base import FoundationModel
+from atomate2_otf.records import StructureRecord
 
 
 def si_pair(a: float = 5.43, rattle: float = 0.05, seed: int = 1) -> StructureRecord:
@@ -234,9 +234,9 @@ def check_short_emt_otf_run(loader: str, model_kwargs: dict, store, work_dir) ->
     from ase.build import bulk
 
     from atomate2_otf.flows import OTFMDMaker
-    from atomate2_otf.results import read_run_doc
     from atomate2_otf.local import run_flow_locally
     from atomate2_otf.reference.makers import EMTStaticMaker
+    from atomate2_otf.results import read_run_doc
     from atomate2_otf.schemas import OTFRunDoc
 
     atoms = bulk("Cu", "fcc", a=3.61, cubic=True)

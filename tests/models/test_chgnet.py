@@ -8,11 +8,15 @@ import torch
 from ase.build import bulk, molecule
 
 from atomate2_otf.atoms import record_from_atoms
-from atomate2_otf.records import StructureRecord
 from atomate2_otf.models.base import load_model, registered_models
 from atomate2_otf.models.chgnet import CHGNetModel, molecule_box
-from tests.models.conventions import (check_features_trainable, check_forces_are_gradient,
-                                      check_stress_is_strain_derivative, si_pair)
+from atomate2_otf.records import StructureRecord
+from tests.models.conventions import (
+    check_features_trainable,
+    check_forces_are_gradient,
+    check_stress_is_strain_derivative,
+    si_pair,
+)
 
 pytest.importorskip("chgnet")
 

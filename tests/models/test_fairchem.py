@@ -16,14 +16,20 @@ pytest.importorskip("fairchem.core")
 
 from atomate2_otf.atoms import record_from_atoms  # noqa: E402
 from atomate2_otf.models.base import load_model  # noqa: E402
-from atomate2_otf.models.fairchem import (  # noqa: E402
-    FairChemModel, ModelNotCachedError, load_fairchem)
-from tests.random_models.fairchem_random import save_random_checkpoint  # noqa: E402
+from atomate2_otf.models.fairchem import FairChemModel, ModelNotCachedError, load_fairchem  # noqa: E402
 from tests.models.conventions import (  # noqa: E402
-    check_batch_equals_single, check_features_invariant, check_features_trainable,
-    check_forces_are_gradient, check_pickle_round_trip, check_short_emt_otf_run,
-    check_stress_is_strain_derivative, check_training_graph_then_inference_unchanged,
-    emt_copper_finetune_scores, si_pair)
+    check_batch_equals_single,
+    check_features_invariant,
+    check_features_trainable,
+    check_forces_are_gradient,
+    check_pickle_round_trip,
+    check_short_emt_otf_run,
+    check_stress_is_strain_derivative,
+    check_training_graph_then_inference_unchanged,
+    emt_copper_finetune_scores,
+    si_pair,
+)
+from tests.random_models.fairchem_random import save_random_checkpoint  # noqa: E402
 
 LOADER = "atomate2_otf.models.fairchem:load_fairchem"
 

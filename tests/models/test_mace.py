@@ -25,14 +25,26 @@ pytest.importorskip("mace", reason="mace-torch is not installed (it has its own 
 from atomate2_otf.atoms import record_from_atoms  # noqa: E402
 from atomate2_otf.models.base import load_model  # noqa: E402
 from atomate2_otf.models.mace import (  # noqa: E402
-    ModelNotCachedError, MACEModel, load_mace, mace_mp_cache_path,
-    save_mace_state_dict)
-from tests.random_models.mace_random import build_scale_shift_mace  # noqa: E402
+    MACEModel,
+    ModelNotCachedError,
+    load_mace,
+    mace_mp_cache_path,
+    save_mace_state_dict,
+)
 from tests.models.conventions import (  # noqa: E402
-    check_batch_equals_single, check_features_invariant, check_features_trainable,
-    check_forces_are_gradient, check_mixed_batch_stress_nan, check_pickle_round_trip,
-    check_short_emt_otf_run, check_stress_is_strain_derivative,
-    check_training_graph_then_inference_unchanged, emt_copper_finetune_scores, si_pair)
+    check_batch_equals_single,
+    check_features_invariant,
+    check_features_trainable,
+    check_forces_are_gradient,
+    check_mixed_batch_stress_nan,
+    check_pickle_round_trip,
+    check_short_emt_otf_run,
+    check_stress_is_strain_derivative,
+    check_training_graph_then_inference_unchanged,
+    emt_copper_finetune_scores,
+    si_pair,
+)
+from tests.random_models.mace_random import build_scale_shift_mace  # noqa: E402
 
 LOADER = "atomate2_otf.models.mace:load_mace"
 #: a few channels, two interactions, MACE-MP's blocks: ~10^4 parameters, ms per structure

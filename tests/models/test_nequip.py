@@ -19,13 +19,24 @@ pytest.importorskip("nequip")
 from atomate2_otf.atoms import record_from_atoms  # noqa: E402
 from atomate2_otf.models.base import load_model  # noqa: E402
 from atomate2_otf.models.nequip import (  # noqa: E402
-    ModelNotCachedError, NequIPModel, _preserved_global_state, load_nequip)
-from tests.random_models.nequip_random import package_random_model  # noqa: E402
+    ModelNotCachedError,
+    NequIPModel,
+    _preserved_global_state,
+    load_nequip,
+)
 from tests.models.conventions import (  # noqa: E402
-    check_batch_equals_single, check_features_invariant, check_features_trainable,
-    check_forces_are_gradient, check_mixed_batch_stress_nan, check_short_emt_otf_run,
-    check_stress_is_strain_derivative, check_training_graph_then_inference_unchanged,
-    emt_copper_finetune_scores, si_pair)
+    check_batch_equals_single,
+    check_features_invariant,
+    check_features_trainable,
+    check_forces_are_gradient,
+    check_mixed_batch_stress_nan,
+    check_short_emt_otf_run,
+    check_stress_is_strain_derivative,
+    check_training_graph_then_inference_unchanged,
+    emt_copper_finetune_scores,
+    si_pair,
+)
+from tests.random_models.nequip_random import package_random_model  # noqa: E402
 
 LOADER = "atomate2_otf.models.nequip:load_nequip"
 

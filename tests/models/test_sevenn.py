@@ -14,10 +14,16 @@ from atomate2_otf.atoms import record_from_atoms  # noqa: E402
 from atomate2_otf.models.base import load_model  # noqa: E402
 from atomate2_otf.models.sevenn import SevenNetModel  # noqa: E402
 from tests.models.conventions import (  # noqa: E402
-    check_batch_equals_single, check_features_invariant, check_features_trainable,
-    check_forces_are_gradient, check_mixed_batch_stress_nan, check_pickle_round_trip,
-    check_stress_is_strain_derivative, check_training_graph_then_inference_unchanged,
-    si_pair)
+    check_batch_equals_single,
+    check_features_invariant,
+    check_features_trainable,
+    check_forces_are_gradient,
+    check_mixed_batch_stress_nan,
+    check_pickle_round_trip,
+    check_stress_is_strain_derivative,
+    check_training_graph_then_inference_unchanged,
+    si_pair,
+)
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ from ase.units import GPa
 from jobflow import run_locally
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from atomate2_otf.reference import get_reference_maker, label_from_output, reference_names
 from atomate2_otf.atoms import record_from_atoms
 from atomate2_otf.records import StructureRecord
+from atomate2_otf.reference import get_reference_maker, label_from_output, reference_names
 from atomate2_otf.reference.labels import (
     ase_stress_to_kbar,
     elapsed_from_output,

@@ -36,7 +36,7 @@ BLOCK_TIMEOUT_S = 1800
 INSTALL_AND_DEMO = ("python3 -m venv .venv && . .venv/bin/activate && pip install -e . "
                     "&& atomate2-otf demo")
 INSTALL_AND_TEST = ('python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[test]" '
-                    '&& python -m pytest -m "not slow" -q')
+                    '&& python -m pytest -m "not slow" -q -n auto')
 
 _FENCE = re.compile(r"^```\s*([\w+-]*)\s*$")
 _MARK = re.compile(r"^<!--\s*(not executed|slow)\s*:\s*(.+?)\s*-->\s*$")

@@ -7,11 +7,20 @@ files, a list of files/structures, or a ``{source_id: structure}`` mapping into 
 input that cannot be run (a corrupt file, an element the model lacks, a bad cell), the
 reason. A bad input never stops the others: it is reported and the rest are built.
 ``make(sources)`` is the atomate2-style one-Flow view of the same.
+
+A class-level warm start (the paper's section 6) starts a material's chains, data and
+calibration from the final posterior of an earlier material of its class instead of from
+the pretrained model: ``BatchOTFMaker(warm_start="same_elements")`` takes the latest earlier
+material with the same set of elements, so each class runs as a chain of runs, each learning
+from all before it, while the classes run in parallel. A function can choose the donor
+instead (:data:`WarmStartRule`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +33,26 @@ from atomate2_otf.flows import OTFMDMaker
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
+    from ase import Atoms
+
 logger = logging.getLogger(__name__)
+
+#: chooses a material's donor: ``rule(source_id, atoms, earlier)`` with ``earlier`` the
+#: ``(source_id, atoms)`` of the materials before it that have a run; returns one of those
+#: source ids, or None for a cold start
+WarmStartRule = Callable[[str, "Atoms", Sequence[tuple[str, "Atoms"]]], str | None]
+
+
+def same_elements(source_id: str, atoms: Atoms,
+                  earlier: Sequence[tuple[str, Atoms]]) -> str | None:
+    """The latest earlier material with exactly this material's set of elements."""
+    elements = set(atoms.get_chemical_symbols())
+    donors = [sid for sid, other in earlier if set(other.get_chemical_symbols()) == elements]
+    return donors[-1] if donors else None
+
+
+#: the named warm-start rules ``BatchOTFMaker(warm_start=...)`` accepts
+WARM_START_RULES: dict[str, WarmStartRule] = {"same_elements": same_elements}
 
 
 @dataclass
@@ -35,10 +63,13 @@ class BatchItem:
     formula: str | None = None
     flow: Flow | None = None
     error: str | None = None
+    #: the material whose final posterior this one starts from (warm start), else None
+    warm_start_from: str | None = None
 
     @property
     def metadata(self) -> dict[str, Any]:
-        return {"otf_source": self.source_id, "otf_formula": self.formula}
+        return {"otf_source": self.source_id, "otf_formula": self.formula,
+                "otf_warm_start_from": self.warm_start_from}
 
 
 def structure_sources(sources: str | Path | Iterable[Any] | Mapping[str, Any]
@@ -81,29 +112,73 @@ class BatchOTFMaker(Maker):
     Args:
         name: name of the combined flow.
         otf_maker: the settings every material runs with.
+        warm_start: None (every material starts from the pretrained model), a name of
+            :data:`WARM_START_RULES` (``"same_elements"``) or a :data:`WarmStartRule`. A
+            warm-started material's run is ``otf_maker`` with ``start_from`` the donor's
+            final checkpoint, so it waits for the donor's run to finish.
     """
 
     name: str = "otf batch"
     otf_maker: OTFMDMaker = field(default_factory=OTFMDMaker)
+    warm_start: str | WarmStartRule | None = None
+
+    def __post_init__(self) -> None:
+        self.warm_start_rule()  # a bad setting fails here, before any structure is read
+        if self.warm_start is not None and self.otf_maker.start_from is not None:
+            raise ValueError("BatchOTFMaker: warm_start chooses each material's start_from; "
+                             "the otf_maker's own start_from "
+                             f"{self.otf_maker.start_from!r} would be ignored: set one of them")
+
+    def warm_start_rule(self) -> WarmStartRule | None:
+        """The donor-choosing function of ``warm_start``, or None for cold starts."""
+        if self.warm_start is None or callable(self.warm_start):
+            return self.warm_start
+        if self.warm_start not in WARM_START_RULES:
+            raise ValueError(f"warm_start={self.warm_start!r} is not a warm-start rule; "
+                             f"give one of {sorted(WARM_START_RULES)}, a function "
+                             f"(source_id, atoms, earlier) -> donor source id or None, or None")
+        return WARM_START_RULES[self.warm_start]
 
     def items(self, sources: str | Path | Iterable[Any] | Mapping[str, Any]) -> list[BatchItem]:
         """Every material's flow, validated and tagged; bad inputs carry their error."""
-        items = []
+        rule = self.warm_start_rule()
+        items: list[BatchItem] = []
+        built: dict[str, tuple[Atoms, Flow]] = {}  # source id -> materials with a run
         for source_id, structure in structure_sources(sources):
             item = BatchItem(source_id)
             try:
                 atoms = to_atoms(structure)
                 item.formula = atoms.get_chemical_formula(mode="hill")
-                item.flow = self.otf_maker.make(atoms)
+                maker = self.otf_maker
+                if rule is not None:
+                    earlier = [(sid, donor_atoms) for sid, (donor_atoms, _) in built.items()]
+                    item.warm_start_from = self._donor(rule, source_id, atoms, earlier)
+                if item.warm_start_from is not None:
+                    donor_flow = built[item.warm_start_from][1]
+                    maker = dataclasses.replace(
+                        maker, start_from=donor_flow.output.final_checkpoint)
+                item.flow = maker.make(atoms)
             except ValueError as err:  # the settings checks of make(): reported, not fatal
                 item.error = str(err)
                 logger.warning("batch: %s is skipped: %s", source_id, err)
                 items.append(item)
                 continue
+            built[source_id] = (atoms, item.flow)
             item.flow.name = f"{self.otf_maker.name} {item.formula} ({source_id})"
             item.flow.update_metadata(item.metadata, dynamic=True)
             items.append(item)
         return items
+
+    @staticmethod
+    def _donor(rule: WarmStartRule, source_id: str, atoms: Atoms,
+               earlier: list[tuple[str, Atoms]]) -> str | None:
+        """The rule's donor for one material, checked to be an earlier material with a run."""
+        donor = rule(source_id, atoms, earlier)
+        if donor is not None and donor not in {sid for sid, _ in earlier}:
+            raise ValueError(f"warm start of {source_id}: the rule chose {donor!r}, which is "
+                             f"not an earlier material with a run; it may choose one of "
+                             f"{[sid for sid, _ in earlier]} or None")
+        return donor
 
     def make(self, sources: str | Path | Iterable[Any] | Mapping[str, Any],
              prev_dir: str | Path | None = None) -> Flow:

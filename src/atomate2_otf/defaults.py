@@ -27,3 +27,5 @@ TRAJECTORY_INTERVAL = 10
 KEEP_CHECKPOINTS = 3
 SEED = 0
 AUDIT_FRACTION = 0.0  # the online audit is off unless asked for (each audit is a reference call)
+#: where models and chains run (atomate2_otf.devices): a run setting, not a method one
+DEVICE = "cpu"

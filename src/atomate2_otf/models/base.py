@@ -11,12 +11,18 @@ The Bayesian layer (`atomate2_otf.bnn`) only needs four things from a potential:
    when training;
 4. rotation-invariant per-atom features from the same forward pass, for the noise head.
 
+Devices: a factory builds its model on the CPU; :meth:`FoundationModel.to` moves it, and
+:meth:`FoundationModel.batch_to` moves a collated batch there (``prepare`` stays on the CPU:
+graphs are built once and cached). A family with state outside its module (index tensors,
+normalisers) moves it in :meth:`FoundationModel._move_extras`.
+
 A new family is one module in this package that subclasses :class:`FoundationModel` and
 calls :func:`register_model`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -30,6 +36,21 @@ from atomate2_otf.records import StructureRecord
 
 logger = logging.getLogger(__name__)
 
+
+def to_device(obj: Any, device: torch.device) -> Any:
+    """``obj`` with its tensors on ``device``: a tensor or anything with ``.to(device)``
+    (torch_geometric batches, CHGNet graphs, fairchem AtomicData), dataclasses, dicts,
+    lists and tuples of them; other values as they are."""
+    if callable(getattr(obj, "to", None)) and not isinstance(obj, type):
+        return obj.to(device)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.replace(obj, **{f.name: to_device(getattr(obj, f.name), device)
+                                           for f in dataclasses.fields(obj) if f.init})
+    if isinstance(obj, dict):
+        return {key: to_device(value, device) for key, value in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(to_device(value, device) for value in obj)
+    return obj
 
 
 class ModelNotCachedError(FileNotFoundError):
@@ -163,8 +184,36 @@ class FoundationModel(ABC):
         return [p for n, p in self.module.named_parameters() if n not in self.frozen]
 
     def spec(self) -> dict[str, Any]:
-        """What :func:`load_model` needs to rebuild this model (stored in checkpoints)."""
+        """What :func:`load_model` needs to rebuild this model (stored in checkpoints; no
+        device: a checkpoint loads on any)."""
         return {"name": self.name}
+
+    # -- devices --------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """Where the parameters (and the pretrained copy) live."""
+        return self.pretrained.device
+
+    def to(self, device: str | torch.device) -> FoundationModel:
+        """Move the model to ``device`` (a setting of :mod:`atomate2_otf.devices`, or a
+        ``torch.device``), in place; returns ``self``. Move a model before a posterior is
+        built on it: the posterior keeps its chains where the model was."""
+        from atomate2_otf.devices import resolve_device
+
+        target = resolve_device(device)
+        if target != self.device:
+            self.module.to(target)
+            self.pretrained = self.pretrained.to(target)
+            self._move_extras(target)
+            logger.info("model %r moved to %s", self.name, target)
+        return self
+
+    def _move_extras(self, device: torch.device) -> None:
+        """Move state that lives outside ``self.module`` (none by default)."""
+
+    def batch_to(self, batch: Any, device: torch.device | None = None) -> Any:
+        """A collated batch on ``device`` (default: the model's); see :func:`to_device`."""
+        return to_device(batch, self.device if device is None else device)
 
 
 # Built-in names map to "module:factory" so that listing them needs no optional extra;
@@ -225,11 +274,15 @@ def check_model_name(name: Any) -> None:
     )
 
 
-def load_model(name: str, **kwargs: Any) -> FoundationModel:
+def load_model(name: str, device: str | torch.device = "cpu", **kwargs: Any) -> FoundationModel:
     """Build a foundation model by registered name (e.g. ``"chgnet"``, ``"sevenn-0"``) or by
-    import path ``"package.module:factory"`` (the factory takes ``**kwargs``)."""
+    import path ``"package.module:factory"`` (the factory takes ``**kwargs``), on ``device``
+    (:mod:`atomate2_otf.devices`; checked before anything is loaded)."""
+    from atomate2_otf.devices import resolve_device
+
+    where = resolve_device(device)
     if isinstance(name, str) and name in _REGISTRY:
-        return _REGISTRY[name](**kwargs)
+        return _REGISTRY[name](**kwargs).to(where)
     check_model_name(name)
     if name in _BUILTIN:
         target, defaults = _BUILTIN[name]
@@ -253,4 +306,4 @@ def load_model(name: str, **kwargs: Any) -> FoundationModel:
         raise ValueError(f"model {name!r}: module {module_name!r} has no {factory_name!r}")
     model = factory(**{**defaults, **kwargs})
     model.name = name
-    return model
+    return model.to(where)

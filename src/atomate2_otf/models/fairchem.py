@@ -226,6 +226,13 @@ class FairChemModel(FoundationModel):
     def _capture(self, _module: torch.nn.Module, _inputs: Any, output: Any) -> None:
         self._captured = output["node_embedding"]
 
+    def _move_extras(self, device: torch.device) -> None:
+        # the tasks' normalisers and element references are modules outside the backbone
+        for task in self.tasks.values():
+            task.normalizer.to(device)
+            if task.element_references is not None:
+                task.element_references.to(device)
+
     def prepare(self, structure: StructureRecord) -> Any:
         """fairchem's ``AtomicData``, converted as ``FAIRChemCalculator`` converts atoms
         (charge and spin in ``atoms.info``, validated and defaulted by the backbone)."""

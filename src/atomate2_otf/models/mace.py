@@ -239,6 +239,9 @@ class MACEModel(FoundationModel):
         self._node_feats_dim = offset
 
     # -- FoundationModel ---------------------------------------------------------------
+    def _move_extras(self, device: torch.device) -> None:
+        self._feature_index = self._feature_index.to(device)
+
     @property
     def feature_dim(self) -> int:
         return int(self._feature_index.numel())

@@ -14,6 +14,7 @@ from atomate2_otf.records import StructureRecord
 from tests.models.conventions import (
     check_features_trainable,
     check_forces_are_gradient,
+    check_pickle_round_trip,
     check_stress_is_strain_derivative,
     si_pair,
 )
@@ -199,3 +200,7 @@ def test_posterior_checkpoint_round_trip_on_chgnet(model):
         post.update()
     np.testing.assert_allclose(loaded.state.theta.numpy(), posterior.state.theta.numpy(),
                                atol=1e-6)
+
+
+def test_pickle_round_trip(model):
+    check_pickle_round_trip(model, atol=0.0)

@@ -36,7 +36,9 @@ class ForceNoiseHead(nn.Module):
         widths = [int(feature_dim), *[int(h) for h in hidden], 1]
         layers: list[nn.Module] = []
         for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
-            linear = nn.Linear(n_in, n_out)
+            # built on the CPU with a CPU generator whatever the run's device (the posterior
+            # moves it): the same initial head on every device
+            linear = nn.Linear(n_in, n_out, device="cpu")
             bound = 1.0 / n_in**0.5
             with torch.no_grad():
                 linear.weight.uniform_(-bound, bound, generator=generator)

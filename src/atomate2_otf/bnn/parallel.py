@@ -7,11 +7,17 @@ dispatch overhead rather than arithmetic, whole processes use the cores far bett
 torch's intra-op threads. Workers are spawned (safe with torch and OpenMP), keep the model
 loaded between updates, and receive the posterior as checkpoint bytes, so a worker runs
 exactly the code of :meth:`Posterior.run_chain` and the samples equal the serial ones.
+
+Devices: each worker runs its chains on one device of ``devices`` (the reference code's one
+process per GPU); with more chains than workers a worker runs several, one after another.
+The model travels to the workers as CPU bytes and each worker moves it to its own device,
+so no worker touches another's GPU; results come back as CPU tensors.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import multiprocessing as mp
 import os
@@ -21,7 +27,7 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
@@ -69,8 +75,29 @@ def _exit_if_orphaned(parent_pid: int) -> None:
         os._exit(1)  # not sys.exit: the results queue's feeder could wait on a dead reader
 
 
+def model_to_bytes(model: FoundationModel) -> bytes:
+    """The model as bytes for a worker (torch's pickler: it records each storage's device,
+    which :func:`model_from_bytes` maps to the CPU)."""
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    return buffer.getvalue()
+
+
+def model_from_bytes(blob: bytes, device: str | torch.device = "cpu") -> FoundationModel:
+    """Inverse of :func:`model_to_bytes`, on ``device``: read onto the CPU, then moved, so a
+    worker never allocates on the GPU the model came from."""
+    model = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False)
+    return model.to(device)
+
+
+def _host(tensor: torch.Tensor) -> torch.Tensor:
+    """A CPU copy for the results queue (a CUDA tensor would need CUDA IPC)."""
+    return tensor.detach().to("cpu", copy=True)
+
+
 def _worker_main(model_bytes: bytes, threads: int, tasks: Connection, results: Any,
-                 parent_pid: int, pdeathsig: bool, warning_filters: list[Any]) -> None:
+                 parent_pid: int, pdeathsig: bool, warning_filters: list[Any],
+                 device: str = "cpu") -> None:
     """Worker loop: keep a replica posterior; run updates and predictions of its chains.
 
     The worker holds only the read end of its task pipe, so the pipe reports EOF once the
@@ -86,9 +113,9 @@ def _worker_main(model_bytes: bytes, threads: int, tasks: Connection, results: A
     warnings.filters[:] = warning_filters  # the parent's: -v shows what the parent shows
     torch.set_num_threads(threads)
     keep_freed_memory()  # this process is ours: steps reuse their freed tensors
-    # Plain pickle bytes, not the model object: multiprocessing would hand every worker
-    # the same shared-memory parameters, and loading a chain into them would race.
-    model = pickle.loads(model_bytes)
+    # Bytes, not the model object: multiprocessing would hand every worker the same
+    # shared-memory parameters, and loading a chain into them would race.
+    model = model_from_bytes(model_bytes, device)
     results.put((_READY, "ready", os.getpid()))
     replica: Posterior | None = None
     while True:
@@ -117,8 +144,8 @@ def _worker_main(model_bytes: bytes, threads: int, tasks: Connection, results: A
                     replica.run_chain(chain, config, progress)
                     state = replica.state
                     results.put((token, "chain", (
-                        chain, state.theta[chain].clone(), state.v[chain].clone(),
-                        state.v_hat[chain].clone(), replica.rngs[chain].get_state())))
+                        chain, _host(state.theta[chain]), _host(state.v[chain]),
+                        _host(state.v_hat[chain]), replica.rngs[chain].get_state())))
             elif kind == "predict":
                 records, compute_stress = payload
                 outputs = replica.chain_outputs(records, compute_stress,
@@ -161,24 +188,39 @@ class ChainPool:
 
     Args:
         model: the foundation model (sent to each worker once, at start).
-        n_workers: processes; default: the CPUs this process may use.
+        n_workers: processes; default: one per device of ``devices``, else the CPUs this
+            process may use.
         threads_per_worker: torch threads in each worker (1 is best for small systems).
         startup_timeout_s: the longest wait for the workers to load the model, checked
             before the first task (a worker that died while starting is reported at once).
+        devices: where the workers run, worker ``w`` on ``devices[w % len(devices)]``
+            (e.g. ``["cuda:0", "cuda:1"]``: one worker per GPU); default: the model's
+            device for every worker. Chain ``c`` runs on worker ``c % n_workers``.
     """
 
     def __init__(self, model: FoundationModel, n_workers: int | None = None,
-                 threads_per_worker: int = 1, startup_timeout_s: float = 600.0) -> None:
+                 threads_per_worker: int = 1, startup_timeout_s: float = 600.0,
+                 devices: Sequence[str | torch.device] | None = None) -> None:
+        from atomate2_otf.devices import check_device
+
+        if devices is not None:
+            devices = [check_device(d) for d in devices]
+            if not devices:
+                raise ValueError("devices must name at least one device, got []")
         if n_workers is None:
             from atomate2_otf.runtime import available_cpus
 
-            n_workers = available_cpus()
+            n_workers = len(devices) if devices else available_cpus()
         if int(n_workers) < 1:
             raise ValueError(f"n_workers must be >= 1, got {n_workers!r}")
+        if devices is None:
+            devices = [str(model.device)]
+        #: the device of each worker
+        self.devices = [devices[w % len(devices)] for w in range(int(n_workers))]
         if int(threads_per_worker) < 1:
             raise ValueError(f"threads_per_worker must be >= 1, got {threads_per_worker!r}")
         context = mp.get_context("spawn")
-        model_bytes = pickle.dumps(model)
+        model_bytes = model_to_bytes(model)
         # The kernel's parent-death signal follows the thread that created the child: a
         # pool made in another thread (which may end first) relies on the liveness checks.
         pdeathsig = threading.current_thread() is threading.main_thread()
@@ -187,12 +229,12 @@ class ChainPool:
         self._tasks: list[Connection] = []
         self._workers = []
         with _sigint_blocked():  # a Ctrl-C while a worker starts up is the parent's
-            for _ in range(int(n_workers)):
+            for device in self.devices:
                 reader, writer = context.Pipe(duplex=False)
                 worker = context.Process(
                     target=_worker_main, daemon=True,
                     args=(model_bytes, int(threads_per_worker), reader, self._results,
-                          os.getpid(), pdeathsig, filters))
+                          os.getpid(), pdeathsig, filters, device))
                 worker.start()
                 reader.close()  # the worker's end: only the worker may hold it
                 self._tasks.append(writer)

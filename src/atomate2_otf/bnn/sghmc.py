@@ -164,7 +164,10 @@ def step(
         inv_mass = inv_mass * mass_scale
     state.momentum.mul_(1.0 - friction).add_(grad, alpha=-friction)
     if temp > 0:
-        noise = torch.randn(state.theta.shape, generator=generator, dtype=state.theta.dtype)
+        # drawn on the generator's device (a chain's generator lives with the chain)
+        noise = torch.randn(state.theta.shape, generator=generator, dtype=state.theta.dtype,
+                            device=state.theta.device if generator is None
+                            else generator.device).to(state.theta.device)
         noise_std = friction * torch.sqrt(2.0 * temp / (step_size * inv_mass * n_data))
         state.momentum.addcmul_(noise, noise_std)
     state.theta.addcmul_(inv_mass, state.momentum, value=step_size)

@@ -7,6 +7,8 @@ noise reproducible across processes and checkpoints.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+logger = logging.getLogger(__name__)
 
 
 class ParameterSpace:
@@ -67,19 +71,37 @@ class ParameterSpace:
 
 @dataclass
 class ChainRNG:
-    """One chain's random streams: numpy for minibatch draws, torch for SGHMC noise."""
+    """One chain's random streams: numpy for minibatch draws, torch for SGHMC noise.
+
+    The torch stream lives on the chain's device, so the noise of a step (one number per
+    parameter) is drawn where the chain is, not on the CPU and copied. A CPU generator
+    (Mersenne Twister) and a CUDA one (Philox) have states of different kinds: a state of
+    the other kind (a checkpoint written on a GPU, loaded on a CPU, or the other way round)
+    seeds this generator from a hash of that state, so the chain goes on with a stream
+    that is reproducible for that checkpoint, though not the one the other device drew.
+    """
 
     numpy: np.random.Generator
     torch: torch.Generator
 
     @classmethod
-    def from_seed(cls, seed_sequence: np.random.SeedSequence) -> ChainRNG:
+    def from_seed(cls, seed_sequence: np.random.SeedSequence,
+                  device: str | torch.device = "cpu") -> ChainRNG:
         torch_seed = int(seed_sequence.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
-        return cls(np.random.default_rng(seed_sequence), torch.Generator().manual_seed(torch_seed))
+        return cls(np.random.default_rng(seed_sequence),
+                   torch.Generator(device=device).manual_seed(torch_seed))
 
     def get_state(self) -> dict[str, Any]:
-        return {"numpy": self.numpy.bit_generator.state, "torch": self.torch.get_state()}
+        return {"numpy": self.numpy.bit_generator.state, "torch": self.torch.get_state(),
+                "torch_device": self.torch.device.type}
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.numpy.bit_generator.state = state["numpy"]
-        self.torch.set_state(state["torch"])
+        kind = state.get("torch_device", "cpu")  # checkpoints before issue 18: CPU streams
+        if kind == self.torch.device.type:
+            self.torch.set_state(state["torch"])
+            return
+        digest = hashlib.sha256(state["torch"].cpu().numpy().tobytes()).digest()
+        self.torch.manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+        logger.info("a %s random state continues on %s: generator seeded from its hash",
+                    kind, self.torch.device.type)

@@ -203,7 +203,10 @@ def prepare_run(reference_output: Any, state: dict[str, Any],
     the structure joins the calibration, then the label joins the data), since the
     structure is new to the ensemble and a label learnt unscored would be a test skipped.
     The energy offset stays the posterior's: its data are in that energy zero, and label 0
-    is just one more label. Then the chains sample ``initial_update_steps``.
+    is just one more label. A start structure of a composition the posterior has never
+    seen (a class-level warm start) has no offset yet: its label sets one, as in a fresh
+    run, and call 0 is not scored (an error against a zero it defines would be zero).
+    Then the chains sample ``initial_update_steps``.
     """
     from atomate2_otf.md.state import MDState
 
@@ -223,7 +226,10 @@ def prepare_run(reference_output: Any, state: dict[str, Any],
     else:
         posterior = load_posterior(store, start_from, cfg)
         started = time.perf_counter()
-        scored = _score_start(posterior, label, cfg)
+        if posterior.knows_composition(label):
+            scored = _score_start(posterior, label, cfg)
+        else:
+            posterior.add_labels([label])
     _update(posterior, cfg, cfg.initial_update_steps, "initial update")
     update_s = time.perf_counter() - started
     key = save_checkpoint(store, cfg.run_id, 0, posterior.to_bytes())
@@ -235,7 +241,8 @@ def prepare_run(reference_output: Any, state: dict[str, Any],
                          reference_energy=label.energy, reference_s=reference_s,
                          update_s=update_s, checkpoint=key, **scored)
     return {"checkpoint": key, "state": md_state.to_dict(), "call": call.model_dump(),
-            "energy_offset": posterior.energy_offset, "run_started": run_started,
+            "energy_offset": float(posterior.offsets_of([label])[0]),
+            "run_started": run_started,
             "reference": cfg.reference, "start_from": start_from}
 
 

@@ -63,6 +63,13 @@ class StructureRecord:
         return len(self.numbers)
 
     @property
+    def composition(self) -> str:
+        """``"Z:count"`` pairs by atomic number, e.g. ``"1:6 6:2 8:1"`` for ethanol: the key
+        of the posterior's per-composition energy offsets."""
+        numbers, counts = np.unique(self.numbers, return_counts=True)
+        return " ".join(f"{z}:{n}" for z, n in zip(numbers, counts, strict=True))
+
+    @property
     def periodic(self) -> bool:
         return bool(self.pbc.all())
 

@@ -88,3 +88,55 @@ def test_a_rule_that_names_no_earlier_material_fails_that_material_only():
     errors = {i.source_id: i.error for i in items}
     assert errors["Cu-a"] is None and errors["Cu-c"] is None
     assert "the rule chose 'nosuch'" in errors["Cu-b"] and "['Cu-a']" in errors["Cu-b"]
+
+
+def test_a_warm_start_to_another_composition_gets_its_own_energy_offset(store):
+    """A vacancy changes the composition: the donor's offset (its zero) would be wrong by
+    about one atom's energy difference between model and reference, so the new composition
+    sets its own from its first label, unscored, as a fresh run does."""
+    vacancy = cu(3.61, 1).repeat((2, 1, 1))
+    del vacancy[3]
+    flow = BatchOTFMaker(otf_maker=toy_maker(n_steps=14), warm_start="same_elements").make(
+        {"Cu8": cu(3.61, 0).repeat((2, 1, 1)), "Cu7": vacancy})
+    run_locally(flow, store=store, log=False, ensure_success=True, raise_immediately=True)
+    first, second = (read_run_doc(store, f.output.uuid) for f in flow.jobs)
+    assert second.start_from == first.final_checkpoint
+    final = Posterior.from_bytes(load_checkpoint(store, second.final_checkpoint))
+    assert sorted(final.energy_offsets) == ["29:7", "29:8"]
+    assert final.energy_offsets["29:8"] == pytest.approx(first.energy_offset, abs=1e-12)
+    assert second.energy_offset == pytest.approx(final.energy_offsets["29:7"], abs=1e-12)
+    # the untuned model anchors each composition: its error at the first label is zero
+    assert second.calls[0].error is None
+    assert len(final.data) == first.n_reference_calls + second.n_reference_calls
+    # every label of the second run is in its own composition's zero: the untuned model's
+    # error at call 0 of each composition is zero by construction
+    cu7 = [r for r in final.data if r.n_atoms == 7]
+    assert float(final.predict_untuned(cu7[:1]).energy[0]) == pytest.approx(cu7[0].energy,
+                                                                            abs=1e-9)
+
+
+def test_checkpoints_before_per_composition_offsets_load_with_their_one_offset():
+    import io
+
+    import torch
+
+    from atomate2_otf.atoms import record_from_atoms
+    from atomate2_otf.bnn.posterior import PosteriorConfig
+    from tests.toy_model import ToyModel
+
+    posterior = Posterior(ToyModel(), PosteriorConfig(n_chains=2))
+    atoms = cu(3.61, 0)
+    from ase.calculators.emt import EMT
+    atoms.calc = EMT()
+    record = record_from_atoms(atoms)
+    record.energy, record.forces = atoms.get_potential_energy(), atoms.get_forces()
+    posterior.add_labels([record])
+    payload = torch.load(io.BytesIO(posterior.to_bytes()), weights_only=True)
+    assert payload["energy_offsets"] == {"29:4": posterior.energy_offset}
+    del payload["energy_offsets"]  # as written before per-composition offsets
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    old = Posterior.from_bytes(buffer.getvalue(), model=ToyModel())
+    assert old.energy_offsets == {"29:4": posterior.energy_offset}
+    np_pred = old.predict([record.unlabelled()]).energy[0]
+    assert np_pred == posterior.predict([record.unlabelled()]).energy[0]

@@ -105,7 +105,8 @@ def posterior_to_bytes(posterior: Posterior) -> bytes:
         "v_hat": posterior.state.v_hat if keep_mass else None,
         "mass_age": posterior.state.t if keep_mass else 0,
         "data": pack_records(posterior.data),
-        "energy_offset": posterior.energy_offset,
+        "energy_offset": posterior.energy_offset,  # the one offset older readers take
+        "energy_offsets": dict(posterior.energy_offsets),
         "calibration": posterior.calibration.to_dict(),
         "force_calibration": posterior.force_calibration.to_dict(),
         "n_updates": posterior.n_updates,
@@ -152,7 +153,10 @@ def posterior_from_bytes(posterior_cls: type[Posterior], blob: bytes,
                else [StructureRecord.from_dict(d) for d in payload["data"]])
     posterior.data = records
     posterior._prepared = [model.prepare(r) for r in records]
-    posterior.energy_offset = payload["energy_offset"]
+    if "energy_offsets" in payload:
+        posterior.energy_offsets = dict(payload["energy_offsets"])
+    elif payload["energy_offset"] is not None:  # one offset: that of the first label's
+        posterior.energy_offsets = {records[0].composition: payload["energy_offset"]}
     posterior.calibration = GammaCalibration.from_dict(payload["calibration"])
     if "force_calibration" in payload:  # checkpoints before the force criterion: a fresh one
         posterior.force_calibration = WorstAtomForceCalibration.from_dict(

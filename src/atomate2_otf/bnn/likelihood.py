@@ -32,16 +32,20 @@ class Targets:
 
     @classmethod
     def from_records(
-        cls, records: Sequence[StructureRecord], energy_offset: float = 0.0,
-        dtype: torch.dtype = torch.float32,
+        cls, records: Sequence[StructureRecord],
+        energy_offset: float | Sequence[float] = 0.0, dtype: torch.dtype = torch.float32,
     ) -> Targets:
-        """Collate labels; ``energy_offset`` moves reference energies to the model's zero."""
+        """Collate labels; ``energy_offset`` (one for all, or one per record) moves the
+        reference energies to the model's zero."""
         for i, record in enumerate(records):
             if not record.is_labelled:
                 raise ValueError(f"structure {i} has no energy/forces label")
+        offsets = ([float(energy_offset)] * len(records)
+                   if isinstance(energy_offset, int | float) else list(energy_offset))
         stress = [r.stress if r.has_stress else torch.zeros(3, 3) for r in records]
         return cls(
-            energy=torch.tensor([r.energy + energy_offset for r in records], dtype=dtype),
+            energy=torch.tensor([r.energy + o for r, o in zip(records, offsets, strict=True)],
+                                dtype=dtype),
             forces=torch.cat([torch.as_tensor(r.forces, dtype=dtype) for r in records]),
             stress=torch.stack([torch.as_tensor(s, dtype=dtype) for s in stress]),
             stress_mask=torch.tensor([r.has_stress for r in records]),

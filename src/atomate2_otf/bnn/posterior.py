@@ -152,7 +152,12 @@ class Posterior:
         self.data: list[StructureRecord] = []
         self._prepared: list[Any] = []
         self._batch_cache: tuple[Any, Any, Targets] | None = None
-        self.energy_offset: float | None = None
+        #: E_pred(theta_0, x) - E_ref(x) of the first label of each composition
+        #: (:attr:`StructureRecord.composition`): the reference energies of that
+        #: composition move to the model's zero by it. One composition per run; a posterior
+        #: carried to other compositions (warm starts) gets one offset per composition,
+        #: since model and reference energy zeros differ by a per-element amount.
+        self.energy_offsets: dict[str, float] = {}
         self.n_updates = 0
         #: identifies this object and the version of its chains (pool workers cache them)
         self.uid = uuid.uuid4().hex
@@ -169,11 +174,26 @@ class Posterior:
         """Refuse, before any expensive work, a structure the model cannot describe."""
         self.model.check_elements(record.numbers)
 
+    @property
+    def energy_offset(self) -> float | None:
+        """The offset of the first composition labelled (the run's, in a one-composition
+        run); None before any label."""
+        return next(iter(self.energy_offsets.values()), None)
+
+    def knows_composition(self, record: StructureRecord) -> bool:
+        """Whether a label of ``record``'s composition set its energy offset already."""
+        return record.composition in self.energy_offsets
+
+    def offsets_of(self, records: Sequence[StructureRecord]) -> np.ndarray:
+        """The energy offset of each record's composition; 0 for one never labelled."""
+        return np.array([self.energy_offsets.get(r.composition, 0.0) for r in records])
+
     def add_labels(self, records: Sequence[StructureRecord]) -> None:
         """Add reference-labelled structures to the data set.
 
-        The first label ever added sets the energy offset E_pred(theta_0, x0) - E_ref(x0)
-        that moves every reference energy to the model's energy zero.
+        The first label of each composition sets its energy offset
+        E_pred(theta_0, x0) - E_ref(x0) that moves its reference energies to the model's
+        energy zero.
         """
         records = list(records)
         for i, record in enumerate(records):
@@ -186,9 +206,11 @@ class Posterior:
             self.check_structure(record)
         if not records:
             return
-        if self.energy_offset is None:
-            untuned = self.predict_untuned([records[0]])
-            self.energy_offset = float(untuned.energy[0] - records[0].energy)
+        for record in records:
+            if record.composition not in self.energy_offsets:
+                untuned = self.predict_untuned([record])
+                self.energy_offsets[record.composition] = float(untuned.energy[0]
+                                                                - record.energy)
         self.data.extend(records)
         self._prepared.extend(self.model.prepare(r) for r in records)
 
@@ -246,12 +268,13 @@ class Posterior:
                     n_atoms=out.n_atoms.numpy()))
         return outputs
 
-    def combine(self, outputs: Sequence[ChainOutput]) -> EnsemblePrediction:
-        """Ensemble mean and variance (law of total variance) of per-chain outputs."""
+    def combine(self, outputs: Sequence[ChainOutput],
+                offset: float | np.ndarray = 0.0) -> EnsemblePrediction:
+        """Ensemble mean and variance (law of total variance) of per-chain outputs;
+        ``offset`` (per structure) moves energies to the reference's zero."""
         energies = np.stack([o.energy for o in outputs])
         forces = np.stack([o.forces for o in outputs])
         sigmas = np.stack([o.force_sigma for o in outputs])
-        offset = self.energy_offset or 0.0
         e_mean, e_epi, _ = combine_ensemble(energies, np.zeros_like(energies))
         e_alea = np.full_like(e_mean, self.config.energy_sigma**2)
         f_mean, f_epi, f_alea = combine_ensemble(
@@ -280,9 +303,10 @@ class Posterior:
         records = list(records)
         for record in records:
             self.check_structure(record)
+        offset = self.offsets_of(records)
         if pool is not None and thetas is None:
-            return self.combine(pool.chain_outputs(self, records, compute_stress))
-        return self.combine(self.chain_outputs(records, compute_stress, thetas))
+            return self.combine(pool.chain_outputs(self, records, compute_stress), offset)
+        return self.combine(self.chain_outputs(records, compute_stress, thetas), offset)
 
     def predict_untuned(
         self, records: Sequence[StructureRecord], compute_stress: bool = False
@@ -292,7 +316,8 @@ class Posterior:
 
     # -- sampling --------------------------------------------------------------------------
     def _targets(self, indices: np.ndarray) -> Targets:
-        return Targets.from_records([self.data[i] for i in indices], self.energy_offset or 0.0)
+        records = [self.data[i] for i in indices]
+        return Targets.from_records(records, self.offsets_of(records))
 
     def _minibatch(self, indices: np.ndarray) -> tuple[Any, Targets]:
         """The collated model input and the label tensors of a minibatch.
@@ -302,7 +327,7 @@ class Posterior:
         rebuilding its labels from numpy at each step is pure overhead. Evaluation never
         writes into a collated batch (the adapters copy what the model mutates).
         """
-        key = (tuple(int(i) for i in indices), len(self.data), self.energy_offset)
+        key = (tuple(int(i) for i in indices), len(self.data), len(self.energy_offsets))
         cached = self._batch_cache
         if cached is not None and cached[0] == key:
             return cached[1], cached[2]

@@ -1,12 +1,36 @@
-"""Suite-wide settings: one torch thread per process.
+"""Suite-wide settings: one torch thread per process; ``gpu`` tests only where CUDA is.
 
 The models in the fast tests are tiny and the CI machine has two cores, often shared with a
 ChainPool's workers; torch's intra-op threads then only add synchronisation (measured here:
 a tiny posterior update 8.5 s with 2 threads against 0.16 s with 1).
 """
 
+import os
+
 import pytest
 import torch
+
+#: where the gpu-marked tests run: CUDA; ``OTF_GPU_TESTS_ON=cpu`` runs them on the CPU
+#: instead, to check their own code on a machine without a GPU
+GPU_TESTS_ON = os.environ.get("OTF_GPU_TESTS_ON", "cuda")
+
+
+@pytest.fixture
+def gpu() -> str:
+    """The device setting of a gpu-marked test ("cuda", or the OTF_GPU_TESTS_ON override)."""
+    return GPU_TESTS_ON
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip ``@pytest.mark.gpu`` tests, saying why, on a machine where torch sees no GPU."""
+    if torch.cuda.is_available() or GPU_TESTS_ON != "cuda":
+        return
+    why = ("a CPU-only build of torch " + torch.__version__ if torch.version.cuda is None
+           else "torch finds no CUDA device")
+    skip = pytest.mark.skip(reason=f"needs CUDA: {why}")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,7 +1,9 @@
 """A tiny pair-potential FoundationModel for fast tests of the Bayesian machinery.
 
 Real adapters (CHGNet, SevenNet) are tested separately and in the slow fine-tuning tests;
-this one makes the posterior's bookkeeping testable in milliseconds.
+this one makes the posterior's bookkeeping testable in milliseconds. It names the device of
+every tensor it makes (inputs on the CPU, the rest where the positions are), so the
+device-discipline tests can run it with torch's default device set to "meta".
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from atomate2_otf.records import StructureRecord
 class PairMLP(nn.Module):
     def __init__(self, n_rbf: int = 8, cutoff: float = 5.0) -> None:
         super().__init__()
-        self.register_buffer("centers", torch.linspace(0.5, cutoff, n_rbf))
-        self.mlp = nn.Sequential(nn.Linear(n_rbf, 16), nn.SiLU(), nn.Linear(16, 1))
+        self.register_buffer("centers", torch.linspace(0.5, cutoff, n_rbf, device="cpu"))
+        self.mlp = nn.Sequential(nn.Linear(n_rbf, 16, device="cpu"), nn.SiLU(),
+                                 nn.Linear(16, 1, device="cpu"))
         torch.manual_seed(0)
         for p in self.mlp.parameters():
             nn.init.normal_(p, std=0.3)
@@ -67,8 +70,8 @@ class ToyModel(FoundationModel):
         return frozenset({1, 6, 8, 29})
 
     def prepare(self, structure: StructureRecord) -> Any:
-        return (torch.tensor(structure.positions, dtype=torch.float32),
-                torch.tensor(structure.cell, dtype=torch.float32),
+        return (torch.tensor(structure.positions, dtype=torch.float32, device="cpu"),
+                torch.tensor(structure.cell, dtype=torch.float32, device="cpu"),
                 bool(structure.periodic and abs(np.linalg.det(structure.cell)) > 0))
 
     def collate(self, prepared: Sequence[Any]) -> Any:
@@ -82,14 +85,16 @@ class ToyModel(FoundationModel):
     def evaluate(self, batch: Any, *, compute_stress: bool = False,
                  create_graph: bool = False) -> ModelOutput:
         positions = [pos.clone().requires_grad_(True) for pos, _, _ in batch]
-        strains = [torch.zeros(3, 3, requires_grad=compute_stress) for _ in batch]
+        device = positions[0].device
+        strains = [torch.zeros(3, 3, requires_grad=compute_stress, device=device)
+                   for _ in batch]
         energies, features, volumes = [], [], []
         for pos, strain, (_, cell, periodic) in zip(positions, strains, batch, strict=True):
-            deform = torch.eye(3) + strain
+            deform = torch.eye(3, device=device) + strain
             pos = pos @ deform
             diff = pos[:, None, :] - pos[None, :, :]
-            mask = ~torch.eye(len(pos), dtype=torch.bool)
-            r = torch.sqrt((diff**2).sum(-1) + torch.eye(len(pos)))
+            mask = ~torch.eye(len(pos), dtype=torch.bool, device=device)
+            r = torch.sqrt((diff**2).sum(-1) + torch.eye(len(pos), device=device))
             rbf = self.module.rbf(r) * mask[..., None]
             pair = self.module.mlp(rbf).squeeze(-1) * mask
             energy = 0.5 * pair.sum()
@@ -105,7 +110,7 @@ class ToyModel(FoundationModel):
         forces = -torch.cat(grads[:len(positions)])
         stress = None
         if compute_stress:
-            periodic = torch.tensor([p for _, _, p in batch])
+            periodic = torch.tensor([p for _, _, p in batch], device=device)
             stress = periodic_stress(torch.stack(grads[len(positions):]),
                                      torch.stack(volumes), periodic)
         if not create_graph:
@@ -113,7 +118,7 @@ class ToyModel(FoundationModel):
             stress = None if stress is None else stress.detach()
         return ModelOutput(energy=energy, forces=forces, stress=stress,
                            features=torch.cat(features),
-                           n_atoms=torch.tensor([len(p) for p in positions]))
+                           n_atoms=torch.tensor([len(p) for p in positions], device=device))
 
 
 class ChattyToyModel(ToyModel):

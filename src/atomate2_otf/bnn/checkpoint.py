@@ -1,6 +1,8 @@
 """The checkpoint format of a posterior: one self-contained blob, a complete restart point.
 
-torch's format, loadable with ``weights_only=True`` (plain tensors and types only): the
+torch's format, loadable with ``weights_only=True`` (plain tensors and types only), every
+tensor on the CPU (and read with ``map_location="cpu"``), so a checkpoint written on a GPU
+loads on a CPU and the other way round: the
 chains (float32), the noise head's start, a carried SGHMC mass, the labelled data set as
 flat tensors, the energy offset, the calibration and every chain's random state. Older
 formats stay readable (READABLE_FORMATS).
@@ -40,19 +42,19 @@ def pack_records(records: Sequence[StructureRecord]) -> dict[str, torch.Tensor]:
         return np.full((3, 3), np.nan) if r.stress is None else r.stress
 
     if not records:
-        return {"n_atoms": torch.zeros(0, dtype=torch.long)}
+        return {"n_atoms": torch.zeros(0, dtype=torch.long, device="cpu")}
     return {
-        "n_atoms": torch.tensor([r.n_atoms for r in records], dtype=torch.long),
+        "n_atoms": torch.tensor([r.n_atoms for r in records], dtype=torch.long, device="cpu"),
         "numbers": torch.from_numpy(np.concatenate([r.numbers for r in records])),
         "positions": torch.from_numpy(np.concatenate([r.positions for r in records])),
         "cell": torch.from_numpy(np.stack([r.cell for r in records])),
         "pbc": torch.from_numpy(np.stack([r.pbc for r in records])),
         "energy": torch.tensor([np.nan if r.energy is None else r.energy for r in records],
-                               dtype=torch.float64),
+                               dtype=torch.float64, device="cpu"),
         "forces": torch.from_numpy(np.concatenate([
             np.full((r.n_atoms, 3), np.nan) if r.forces is None else r.forces
             for r in records])),
-        "has_stress": torch.tensor([r.stress is not None for r in records]),
+        "has_stress": torch.tensor([r.stress is not None for r in records], device="cpu"),
         "stress": torch.from_numpy(np.stack([stress(r) for r in records])),
     }
 
@@ -94,15 +96,20 @@ def legacy_mass_age(posterior: Posterior) -> int:
 def posterior_to_bytes(posterior: Posterior) -> bytes:
     """A self-contained checkpoint of ``posterior``."""
     keep_mass = posterior.config.sghmc.keep_mass
+
+    def host(tensor: torch.Tensor) -> torch.Tensor:
+        # a CPU copy of just these values (a view would save its whole storage)
+        return tensor.detach().to("cpu", copy=True)
+
     payload = {
         "format": CHECKPOINT_FORMAT,
         "model": posterior.model.spec(),
         "fingerprint": posterior.fingerprint,
         "config": posterior.config.to_dict(),
-        "theta": posterior.state.theta.to(torch.float32),
-        "theta0_head": posterior.theta0[-head_size(posterior):],
-        "v": posterior.state.v if keep_mass else None,
-        "v_hat": posterior.state.v_hat if keep_mass else None,
+        "theta": host(posterior.state.theta).to(torch.float32),
+        "theta0_head": host(posterior.theta0[-head_size(posterior):]),
+        "v": host(posterior.state.v) if keep_mass else None,
+        "v_hat": host(posterior.state.v_hat) if keep_mass else None,
         "mass_age": posterior.state.t if keep_mass else 0,
         "data": pack_records(posterior.data),
         "energy_offset": posterior.energy_offset,  # the one offset older readers take
@@ -118,12 +125,14 @@ def posterior_to_bytes(posterior: Posterior) -> bytes:
 
 
 def posterior_from_bytes(posterior_cls: type[Posterior], blob: bytes,
-                         model: FoundationModel | None = None) -> Posterior:
-    """Rebuild a posterior from :func:`posterior_to_bytes`; the model is reloaded by the
-    name stored in the checkpoint if not given."""
+                         model: FoundationModel | None = None,
+                         device: str | torch.device | None = None) -> Posterior:
+    """Rebuild a posterior from :func:`posterior_to_bytes` on ``device`` (None: the given
+    model's, or the CPU); the model is reloaded by the name stored in the checkpoint if not
+    given. Tensors are read onto the CPU whatever device wrote them, then moved."""
     from atomate2_otf.bnn.posterior import PosteriorConfig
 
-    payload = torch.load(io.BytesIO(blob), weights_only=True)
+    payload = torch.load(io.BytesIO(blob), weights_only=True, map_location="cpu")
     if payload.get("format") not in READABLE_FORMATS:
         raise ValueError(f"unsupported checkpoint format {payload.get('format')!r}; "
                          f"this version reads formats {READABLE_FORMATS}")
@@ -131,8 +140,8 @@ def posterior_from_bytes(posterior_cls: type[Posterior], blob: bytes,
         from atomate2_otf.models.base import load_model
 
         spec = dict(payload["model"])
-        model = load_model(spec.pop("name"), **spec)
-    posterior = posterior_cls(model, PosteriorConfig(**payload["config"]))
+        model = load_model(spec.pop("name"), device=device or "cpu", **spec)
+    posterior = posterior_cls(model, PosteriorConfig(**payload["config"]), device=device)
     if posterior.fingerprint != payload["fingerprint"]:
         raise ValueError(
             f"checkpoint was made with different pretrained weights of "
@@ -140,7 +149,7 @@ def posterior_from_bytes(posterior_cls: type[Posterior], blob: bytes,
             f"model has {posterior.fingerprint})"
         )
     posterior.theta0[-head_size(posterior):] = payload["theta0_head"]
-    theta = payload["theta"].to(posterior.theta0.dtype)
+    theta = payload["theta"].to(device=posterior.device, dtype=posterior.theta0.dtype)
     posterior.state = sghmc.init(theta)
     if payload["v"] is not None:
         posterior.state.v.copy_(payload["v"])

@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from atomate2_otf.records import StructureRecord
@@ -34,22 +35,25 @@ class Targets:
     def from_records(
         cls, records: Sequence[StructureRecord],
         energy_offset: float | Sequence[float] = 0.0, dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
     ) -> Targets:
-        """Collate labels; ``energy_offset`` (one for all, or one per record) moves the
-        reference energies to the model's zero."""
+        """Collate labels on ``device``; ``energy_offset`` (one for all, or one per record)
+        moves the reference energies to the model's zero."""
         for i, record in enumerate(records):
             if not record.is_labelled:
                 raise ValueError(f"structure {i} has no energy/forces label")
         offsets = ([float(energy_offset)] * len(records)
                    if isinstance(energy_offset, int | float) else list(energy_offset))
-        stress = [r.stress if r.has_stress else torch.zeros(3, 3) for r in records]
+        stress = [r.stress if r.has_stress else np.zeros((3, 3)) for r in records]
         return cls(
             energy=torch.tensor([r.energy + o for r, o in zip(records, offsets, strict=True)],
-                                dtype=dtype),
-            forces=torch.cat([torch.as_tensor(r.forces, dtype=dtype) for r in records]),
-            stress=torch.stack([torch.as_tensor(s, dtype=dtype) for s in stress]),
-            stress_mask=torch.tensor([r.has_stress for r in records]),
-            n_atoms=torch.tensor([r.n_atoms for r in records]),
+                                dtype=dtype, device=device),
+            forces=torch.cat([torch.as_tensor(r.forces, dtype=dtype, device=device)
+                              for r in records]),
+            stress=torch.stack([torch.as_tensor(s, dtype=dtype, device=device)
+                                for s in stress]),
+            stress_mask=torch.tensor([r.has_stress for r in records], device=device),
+            n_atoms=torch.tensor([r.n_atoms for r in records], device=device),
         )
 
 
@@ -72,14 +76,16 @@ def log_likelihood(
                  - math.log(energy_sigma))
     per_atom = (-0.5 * (((forces - targets.forces) / force_sigma[:, None]) ** 2).sum(-1)
                 - 3.0 * torch.log(force_sigma))
-    owners = torch.repeat_interleave(torch.arange(len(targets.n_atoms)), targets.n_atoms)
+    owners = torch.repeat_interleave(
+        torch.arange(len(targets.n_atoms), device=targets.n_atoms.device), targets.n_atoms)
     ll_forces = torch.zeros_like(ll_energy).index_add(0, owners, per_atom)
     total = ll_energy + ll_forces
     if stress is not None and bool(targets.stress_mask.any()):
         # index, not torch.where: a molecule's stress may be inf/NaN, and where() would
         # still send NaN gradients through the masked branch
         rows = torch.nonzero(targets.stress_mask).squeeze(-1)
-        diff = (stress[rows] - targets.stress[rows])[:, _VOIGT[0], _VOIGT[1]]
+        voigt = [index.to(stress.device) for index in _VOIGT]
+        diff = (stress[rows] - targets.stress[rows])[:, voigt[0], voigt[1]]
         ll_stress = (-0.5 * (diff / stress_sigma) ** 2 - math.log(stress_sigma)).sum(-1)
         total = total.index_add(0, rows, ll_stress)
     return total

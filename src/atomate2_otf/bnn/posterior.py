@@ -99,7 +99,8 @@ class PosteriorConfig:
 
 def _fingerprint(vector: torch.Tensor) -> str:
     """A short hash of the pretrained weights, to refuse a checkpoint on the wrong model."""
-    return hashlib.sha256(vector.detach().to(torch.float32).numpy().tobytes()).hexdigest()[:16]
+    data = vector.detach().to(device="cpu", dtype=torch.float32).numpy()
+    return hashlib.sha256(data.tobytes()).hexdigest()[:16]
 
 
 @dataclass
@@ -119,25 +120,38 @@ class Observation:
 
 
 class Posterior:
-    """The Bayesian fine-tuned potential: M chains, a data set, calibration and offset."""
+    """The Bayesian fine-tuned potential: M chains, a data set, calibration and offset.
 
-    def __init__(self, model: FoundationModel, config: PosteriorConfig | None = None) -> None:
+    Everything that computes lives on one device (:mod:`atomate2_otf.devices`): the model,
+    the noise head, the chains' SGHMC state, the prior, the minibatch tensors and the
+    chains' noise streams. ``device`` None keeps the model where it is; a device moves
+    the model there first. The head starts from the same CPU-drawn values on every device,
+    and checkpoints hold CPU tensors only, so a checkpoint loads on any device.
+    """
+
+    def __init__(self, model: FoundationModel, config: PosteriorConfig | None = None,
+                 device: str | torch.device | None = None) -> None:
+        if device is not None:
+            model.to(device)
         self.model = model
+        self.device = model.device
         self.config = config or PosteriorConfig()
         defaults = model.defaults
         self.sigma_tl = self.config.sigma_tl or defaults.sigma_tl
         self.step_size = self.config.sghmc.step_size or defaults.step_size
-        generator = torch.Generator().manual_seed(self.config.seed)
+        generator = torch.Generator(device="cpu").manual_seed(self.config.seed)
         self.head = ForceNoiseHead(model.feature_dim, self.config.head_hidden,
-                                   self.config.force_sigma_scale, generator=generator)
+                                   self.config.force_sigma_scale,
+                                   generator=generator).to(self.device)
         self.space = ParameterSpace([model.parameters(), self.head])
         pretrained = model.pretrained
         self.fingerprint = _fingerprint(pretrained)
         self.theta0 = torch.cat([pretrained, ParameterSpace([self.head]).vector()])
-        center = torch.zeros(self.space.size, dtype=self.theta0.dtype)
+        center = torch.zeros(self.space.size, dtype=self.theta0.dtype, device=self.device)
         center[: pretrained.numel()] = pretrained
         self.prior = TransferPrior(center, self.sigma_tl)
-        self.mass_scale = torch.ones(self.space.size, dtype=self.theta0.dtype)
+        self.mass_scale = torch.ones(self.space.size, dtype=self.theta0.dtype,
+                                     device=self.device)
         if self.config.head_step_size is not None:
             self.mass_scale[pretrained.numel():] = self.config.head_step_size / self.step_size
         self.state = sghmc.init(self.theta0.expand(self.config.n_chains, -1).contiguous())
@@ -162,7 +176,7 @@ class Posterior:
         #: identifies this object and the version of its chains (pool workers cache them)
         self.uid = uuid.uuid4().hex
         self.revision = 0
-        self.rngs = [ChainRNG.from_seed(seq) for seq in
+        self.rngs = [ChainRNG.from_seed(seq, self.device) for seq in
                      np.random.SeedSequence(self.config.seed).spawn(self.config.n_chains)]
 
     # -- data ----------------------------------------------------------------------------
@@ -252,21 +266,29 @@ class Posterior:
     ) -> list[ChainOutput]:
         """Raw per-chain predictions (model energy zero) for one batch of structures.
 
-        The batch is prepared and collated once and evaluated with each chain's parameters.
+        The batch is prepared and collated once and evaluated with each chain's parameters;
+        the results stay on the device until the last chain is done, then come to the CPU
+        in one copy per quantity (a copy per chain would wait on the device M times).
         """
-        batch = self.model.collate([self.model.prepare(r) for r in records])
-        outputs = []
+        batch = self.model.batch_to(self.model.collate([self.model.prepare(r) for r in records]))
+        results = []
         with self.space.frozen():  # once for all chains: no parameter gradients needed
             for theta in (self.state.theta if thetas is None else thetas):
                 self.space.load(theta)
                 out, sigma = self._forward(batch, compute_stress, create_graph=False)
-                outputs.append(ChainOutput(
-                    energy=out.energy.detach().double().numpy(),
-                    forces=out.forces.detach().double().numpy(),
-                    force_sigma=sigma.detach().double().numpy(),
-                    stress=None if out.stress is None else out.stress.detach().double().numpy(),
-                    n_atoms=out.n_atoms.numpy()))
-        return outputs
+                results.append((out.energy.detach(), out.forces.detach(), sigma.detach(),
+                                None if out.stress is None else out.stress.detach()))
+        n_atoms = out.n_atoms.cpu().numpy()
+
+        def host(i: int) -> list[np.ndarray] | None:
+            if results[0][i] is None:
+                return None
+            return list(torch.stack([r[i] for r in results]).double().cpu().numpy())
+
+        energy, forces, sigmas, stress = (host(i) for i in range(4))
+        return [ChainOutput(energy=energy[c], forces=forces[c], force_sigma=sigmas[c],
+                            stress=None if stress is None else stress[c], n_atoms=n_atoms)
+                for c in range(len(results))]
 
     def combine(self, outputs: Sequence[ChainOutput],
                 offset: float | np.ndarray = 0.0) -> EnsemblePrediction:
@@ -317,7 +339,7 @@ class Posterior:
     # -- sampling --------------------------------------------------------------------------
     def _targets(self, indices: np.ndarray) -> Targets:
         records = [self.data[i] for i in indices]
-        return Targets.from_records(records, self.offsets_of(records))
+        return Targets.from_records(records, self.offsets_of(records), device=self.device)
 
     def _minibatch(self, indices: np.ndarray) -> tuple[Any, Targets]:
         """The collated model input and the label tensors of a minibatch.
@@ -331,7 +353,7 @@ class Posterior:
         cached = self._batch_cache
         if cached is not None and cached[0] == key:
             return cached[1], cached[2]
-        batch = self.model.collate([self._prepared[i] for i in indices])
+        batch = self.model.batch_to(self.model.collate([self._prepared[i] for i in indices]))
         targets = self._targets(indices)
         self._batch_cache = (key, batch, targets)
         return batch, targets
@@ -346,7 +368,7 @@ class Posterior:
         ll = log_likelihood(out.energy, out.forces, sigma, targets,
                             energy_sigma=self.config.energy_sigma, stress=out.stress,
                             stress_sigma=self.config.stress_sigma)
-        weights_t = torch.as_tensor(weights, dtype=ll.dtype)
+        weights_t = torch.as_tensor(weights, dtype=ll.dtype, device=ll.device)
         loss = -(weights_t * ll).mean()
         grads = torch.autograd.grad(loss, self.space.parameters, allow_unused=True)
         # prior/N in closed form, then the likelihood gradients added slice by slice into
@@ -407,6 +429,8 @@ class Posterior:
         return posterior_to_bytes(self)
 
     @classmethod
-    def from_bytes(cls, blob: bytes, model: FoundationModel | None = None) -> Posterior:
-        """Rebuild a posterior from :meth:`to_bytes`; the model is reloaded by name if not given."""
-        return posterior_from_bytes(cls, blob, model)
+    def from_bytes(cls, blob: bytes, model: FoundationModel | None = None,
+                   device: str | torch.device | None = None) -> Posterior:
+        """Rebuild a posterior from :meth:`to_bytes` on ``device`` (None: the model's, or
+        the CPU); the model is reloaded by name if not given."""
+        return posterior_from_bytes(cls, blob, model, device)

@@ -59,7 +59,8 @@ UNCERTAINTY_KEY = "otf_uncertainty"
 
 def fine_tuned_calculator(store: str, checkpoint: str, threshold: float = defaults.THRESHOLD,
                           confidence: float = defaults.CONFIDENCE, model: str | None = None,
-                          model_kwargs: dict[str, Any] | None = None) -> FineTunedCalculator:
+                          model_kwargs: dict[str, Any] | None = None,
+                          device: str = defaults.DEVICE) -> FineTunedCalculator:
     """The fine-tuned posterior of ``checkpoint`` as an ASE calculator for atomate2's Makers.
 
     Args:
@@ -72,16 +73,21 @@ def fine_tuned_calculator(store: str, checkpoint: str, threshold: float = defaul
             on-the-fly run would have labelled).
         model: None loads the model the checkpoint names; or another registration of the
             same weights.
+        device: where the ensemble is evaluated (:mod:`atomate2_otf.devices`; ``"auto"``
+            takes the GPU of a GPU worker), whichever device wrote the checkpoint.
     """
+    from atomate2_otf.devices import resolve_device
     from atomate2_otf.flows import load_fine_tuned_posterior
     from atomate2_otf.store import open_job_store
 
     if not isinstance(checkpoint, str) or ":" not in checkpoint:
         raise ValueError(f"checkpoint must be a checkpoint key 'run_id:index' (such as "
                          f"OTFRunDoc.final_checkpoint), got {checkpoint!r}")
+    resolve_device(device)  # a device this machine lacks fails before the store is opened
     job_store = open_job_store(store)
     try:
-        posterior = load_fine_tuned_posterior(job_store, checkpoint, model, model_kwargs)
+        posterior = load_fine_tuned_posterior(job_store, checkpoint, model, model_kwargs,
+                                              device=device)
     finally:
         job_store.close()
     provenance = {"model": posterior.model.name, "run_id": checkpoint.rsplit(":", 1)[0],

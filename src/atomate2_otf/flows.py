@@ -24,6 +24,7 @@ from atomate2_otf.bnn.calibration import (
     check_threshold,
 )
 from atomate2_otf.bnn.prior import check_sigma_tl
+from atomate2_otf.devices import check_device
 from atomate2_otf.jobflow_compat import (
     STORE_CONFIG,
     check_worker_categories,
@@ -72,6 +73,12 @@ class _MDMaker(Maker):
     threshold: float = defaults.THRESHOLD
     trajectory_interval: int = defaults.TRAJECTORY_INTERVAL
     seed: int = defaults.SEED
+    device: str = defaults.DEVICE
+
+    def __post_init__(self) -> None:
+        # the spelling only: the flow may run on another machine (a GPU worker), where
+        # each job resolves it (atomate2_otf.devices.resolve_device)
+        self.device = check_device(self.device)
 
     def md_settings(self, atoms: Atoms) -> MDSettings:
         """The validated MD settings, checked against ``atoms`` (no model is loaded)."""
@@ -129,6 +136,11 @@ class OTFMDMaker(_MDMaker):
             (diagnostics and tests; None: the calibrated trigger).
         trajectory_interval: MD steps between stored frames.
         seed: seeds velocities, thermostat noise, chains and minibatches.
+        device: where the model, the chains and the MD's ensemble evaluation run: "cpu",
+            "cuda" (on several visible GPUs the chains spread over them, one worker per
+            GPU), "cuda:N" or "auto" (CUDA when the job's machine has it, else CPU). A run
+            setting, not a method one: checkpoints load on any device. Refused here if
+            misspelt; each job resolves it on the machine that runs it.
         worker_categories: FireWorks categories by job kind, keys "reference", "segment",
             "update", "prepare" (e.g. references on CPU workers, the rest on GPU workers;
             see atomate2_otf.fireworks.DEFAULT_WORKER_CATEGORIES); None: no routing.
@@ -213,7 +225,8 @@ class OTFMDMaker(_MDMaker):
             max_reference_calls=self.max_reference_calls,
             force_trigger_every=self.force_trigger_every, progress=bool(self.progress),
             formula=atoms.get_chemical_formula(mode="hill"), worker_categories=categories,
-            audit_fraction=audit_fraction, force_threshold=force_threshold)
+            audit_fraction=audit_fraction, force_threshold=force_threshold,
+            device=self.device)
 
     def make(self, structure: Structure | Molecule | Atoms | MDState | str | Path,
              prev_dir: str | Path | None = None) -> Flow:
@@ -296,37 +309,45 @@ def continued_state(previous: MDState, settings: MDSettings, seed: int) -> MDSta
 
 def ensemble_calculator(store: JobStore, checkpoint: str, threshold: float = defaults.THRESHOLD,
                         model: str | None = None,
-                        model_kwargs: dict[str, Any] | None = None) -> PosteriorCalculator:
+                        model_kwargs: dict[str, Any] | None = None,
+                        device: str = defaults.DEVICE) -> PosteriorCalculator:
     """The fine-tuned ensemble of a checkpoint as an ASE calculator (mean E/F/S, and the
-    uncertainty and P(|e| < threshold) in ``.results``).
+    uncertainty and P(|e| < threshold) in ``.results``), evaluated on ``device``.
 
     ``checkpoint`` is a key such as ``OTFRunDoc.final_checkpoint``; the model is reloaded by
     the name stored in the checkpoint unless ``model`` names another registration.
     """
     from atomate2_otf.md.calculator import PosteriorCalculator
 
-    return PosteriorCalculator(load_fine_tuned_posterior(store, checkpoint, model, model_kwargs),
-                               threshold)
+    return PosteriorCalculator(load_fine_tuned_posterior(store, checkpoint, model, model_kwargs,
+                                                         device=device), threshold)
 
 
 def load_fine_tuned_posterior(store: JobStore, checkpoint: str, model: str | None = None,
-                              model_kwargs: dict[str, Any] | None = None) -> Posterior:
-    """The posterior of checkpoint ``checkpoint`` (a key such as ``run_id:3``) in ``store``,
-    its model loaded by the name the checkpoint stores unless ``model`` names another
-    registration of the same weights (the checkpoint refuses different weights)."""
+                              model_kwargs: dict[str, Any] | None = None,
+                              device: str = defaults.DEVICE) -> Posterior:
+    """The posterior of checkpoint ``checkpoint`` (a key such as ``run_id:3``) in ``store``
+    on ``device`` (checked before the checkpoint is read), its model loaded by the name the
+    checkpoint stores unless ``model`` names another registration of the same weights (the
+    checkpoint refuses different weights)."""
     from atomate2_otf.bnn.posterior import Posterior
+    from atomate2_otf.devices import resolve_device
     from atomate2_otf.models.base import load_model
 
+    target = resolve_device(device)
     store.connect()
     blob = load_checkpoint(store, checkpoint)
     return Posterior.from_bytes(
-        blob, model=None if model is None else load_model(model, **(model_kwargs or {})))
+        blob, model=None if model is None else load_model(model, device=target,
+                                                          **(model_kwargs or {})),
+        device=target)
 
 
 @job(name="otf production md", config=STORE_CONFIG, output_schema=ProductionMDDoc)
 def production_md(checkpoint: str, state: dict[str, Any], md: dict[str, Any], run_id: str,
                   threshold: float, model: str | None = None,
-                  model_kwargs: dict[str, Any] | None = None) -> ProductionMDDoc:
+                  model_kwargs: dict[str, Any] | None = None,
+                  device: str = defaults.DEVICE) -> ProductionMDDoc:
     """MD with a fine-tuned ensemble and no updates (energy is conserved in NVE).
 
     The model is the one the checkpoint names, unless ``model`` names another registration
@@ -341,7 +362,7 @@ def production_md(checkpoint: str, state: dict[str, Any], md: dict[str, Any], ru
     started = time.perf_counter()
     store = current_store()
     calculator = ensemble_calculator(store, checkpoint, threshold, model=model,
-                                     model_kwargs=model_kwargs)
+                                     model_kwargs=model_kwargs, device=device)
     result = run_segment(MDState.from_dict(state), calculator, MDSettings.from_dict(md))
     save_trajectory(store, run_id, 0, result.trajectory)
     energies = [f["energy"] for f in result.trajectory]
@@ -360,7 +381,8 @@ class ProductionMDMaker(_MDMaker):
 
     ``checkpoint`` is the finished run's ``OTFRunDoc.final_checkpoint``; the checkpoint
     names its model, so ``model`` stays None unless another registration of the same
-    weights should load it.
+    weights should load it. ``device`` as OTFMDMaker's (any device, whichever wrote the
+    checkpoint).
     """
 
     name: str = "otf production md"
@@ -383,6 +405,7 @@ class ProductionMDMaker(_MDMaker):
         state = initial_state(atoms, settings, int(self.seed))
         production = production_md(self.checkpoint, state.to_dict(), settings.to_dict(),
                                    run_id, check_threshold(self.threshold), model=self.model,
-                                   model_kwargs=dict(self.model_kwargs) or None)
+                                   model_kwargs=dict(self.model_kwargs) or None,
+                                   device=self.device)
         production.name = self.name
         return production

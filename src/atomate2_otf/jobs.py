@@ -75,6 +75,9 @@ class RunConfig:
     worker_categories: dict[str, str] | None = None
     audit_fraction: float = 0.0
     force_threshold: float | None = None
+    #: where models and chains run (atomate2_otf.devices), resolved by each job on the
+    #: machine that runs it: "auto" follows the worker
+    device: str = "cpu"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | RunConfig) -> RunConfig:
@@ -90,11 +93,12 @@ class RunConfig:
 
 # -- helpers ---------------------------------------------------------------------------------
 def _model(config: RunConfig):
-    return resources().model(config.model, **config.model_kwargs)
+    return resources().model(config.model, device=config.device, **config.model_kwargs)
 
 
 def _pool(config: RunConfig, posterior: Posterior):
-    return resources().pool(posterior.model, posterior.n_chains, config.n_workers)
+    return resources().pool(posterior.model, posterior.n_chains, config.n_workers,
+                            device=config.device)
 
 
 def new_posterior(config: RunConfig) -> Posterior:

@@ -27,27 +27,35 @@ class Resources:
         self._models: dict[str, FoundationModel] = {}
         self._pools: dict[tuple[int, int], ChainPool] = {}
 
-    def model(self, name: str, **kwargs: Any) -> FoundationModel:
+    def model(self, name: str, device: str = "cpu", **kwargs: Any) -> FoundationModel:
+        """The model ``name`` on ``device`` (resolved here: ``"auto"`` is this machine's)."""
+        from atomate2_otf.devices import resolve_device
         from atomate2_otf.models.base import load_model
 
-        key = json.dumps({"name": name, **kwargs}, sort_keys=True, default=str)
+        target = resolve_device(device)
+        key = json.dumps({"name": name, "device": str(target), **kwargs}, sort_keys=True,
+                         default=str)
         if key not in self._models:
-            self._models[key] = load_model(name, **kwargs)
+            self._models[key] = load_model(name, device=target, **kwargs)
         return self._models[key]
 
     def pool(self, model: FoundationModel, n_chains: int,
-             n_workers: int | None) -> ChainPool | None:
-        """A pool for ``model`` with ``n_workers`` processes (None: one per CPU, at most one
-        per chain); None when that would be a single process (the serial path is faster)."""
-        if n_workers is None:
-            n_workers = min(available_cpus(), n_chains)
-        if int(n_workers) <= 1:
+             n_workers: int | None, device: str = "cpu") -> ChainPool | None:
+        """A pool for ``model``: on the CPU ``n_workers`` processes (None: one per CPU, at
+        most one per chain), on CUDA one per visible GPU (see
+        :func:`atomate2_otf.devices.pool_devices`); None when that would be a single
+        process (the serial path is faster)."""
+        from atomate2_otf.devices import pool_devices
+
+        devices = [str(d) for d in pool_devices(device, n_chains, n_workers,
+                                                available_cpus())]
+        if not devices:
             return None
-        key = (id(model), int(n_workers))
+        key = (id(model), tuple(devices))
         if key not in self._pools:
             from atomate2_otf.bnn.parallel import ChainPool
 
-            self._pools[key] = ChainPool(model, n_workers=int(n_workers))
+            self._pools[key] = ChainPool(model, n_workers=len(devices), devices=devices)
         return self._pools[key]
 
     def close(self, timeout: float = 10.0) -> None:

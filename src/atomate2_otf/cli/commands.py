@@ -121,6 +121,20 @@ def _emit(out: TextIO, doc, as_json: bool, store_folder: str) -> None:
         out.write(_summary(doc) + f"\n  store: {Path(store_folder).resolve()}\n")
 
 
+def _device(args: argparse.Namespace) -> str:
+    """``--device``, checked before any model loads: a bad value, or a GPU this machine
+    lacks when the run executes here, is a UsageError naming what is accepted (runs sent to
+    a FireWorks launchpad are checked for spelling only: their workers resolve it)."""
+    from atomate2_otf.devices import check_device, resolve_device
+
+    try:
+        if not getattr(args, "launchpad", None):
+            resolve_device(args.device)
+        return check_device(args.device)
+    except ValueError as err:
+        raise UsageError(f"--device: {err}") from err
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from ase.build import molecule
 
@@ -132,7 +146,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         temperature=DEMO["temperature"], timestep_fs=DEMO["timestep"], n_steps=args.steps,
         threshold=DEMO["threshold_kcal"] * EV_PER_KCAL_MOL, n_chains=DEMO["chains"],
         update_steps=DEMO["update_steps"], initial_update_steps=DEMO["initial_update_steps"],
-        seed=args.seed, audit_fraction=args.audit, progress=not args.json)
+        seed=args.seed, audit_fraction=args.audit, progress=not args.json,
+        device=_device(args))
     doc = run_flow(maker, molecule("CH3CH2OH"), args.store, args.verbose)
     _emit(args.out, doc, args.json, args.store)
     return 0
@@ -154,6 +169,7 @@ def _otf_maker(args: argparse.Namespace):
     from atomate2_otf.flows import OTFMDMaker
     from atomate2_otf.reference.makers import get_reference_maker
 
+    device = _device(args)
     try:
         reference = get_reference_maker(args.reference)
     except ValueError as err:
@@ -166,7 +182,7 @@ def _otf_maker(args: argparse.Namespace):
         force_threshold=args.force_threshold,
         update_steps=args.update_steps, pressure_bar=args.pressure, seed=args.seed,
         n_workers=args.workers, progress=not args.json,
-        worker_categories=_categories(args))
+        worker_categories=_categories(args), device=device)
 
 
 def _categories(args: argparse.Namespace) -> dict[str, str] | None:

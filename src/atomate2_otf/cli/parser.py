@@ -51,6 +51,14 @@ def _add_audit_option(parser: argparse.ArgumentParser) -> None:
                              "and report the audited miss rate (default: off)")
 
 
+def _add_device_option(parser: argparse.ArgumentParser) -> None:
+    """``--device``, shared by ``demo``, ``run`` and ``batch`` (checked by the command, before
+    any model loads: argparse's own errors print the usage too)."""
+    parser.add_argument("--device", default=defaults.DEVICE,
+                        help="where the model and the chains run: cpu, cuda, cuda:N or auto "
+                             "(CUDA when available, else CPU) (default: %(default)s)")
+
+
 def _add_run_options(run: argparse.ArgumentParser) -> None:
     """The settings of an on-the-fly run (shared by ``run`` and ``batch``)."""
     run.add_argument("--model", default=defaults.MODEL,
@@ -84,7 +92,9 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--pressure", type=_positive_float, default=defaults.PRESSURE_BAR,
                      help="bar, for npt (default: %(default)s)")
     run.add_argument("--workers", type=int, default=None,
-                     help="processes for the SGHMC chains (default: one per CPU; 1: serial)")
+                     help="processes for the SGHMC chains (default: one per CPU, or one per "
+                          "GPU with --device cuda; 1: serial)")
+    _add_device_option(run)
     run.add_argument("--seed", type=int, default=defaults.SEED)
     run.add_argument("--store", default=DEFAULT_STORE, help=STORE_HELP)
     run.add_argument("--work-dir", default=None,
@@ -107,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=DEMO["steps"], help="MD steps")
     demo.add_argument("--seed", type=int, default=0)
     _add_audit_option(demo)
+    _add_device_option(demo)
     demo.add_argument("--json", action="store_true", help="print the OTFRunDoc as JSON")
 
     run = sub.add_parser("run", help="on-the-fly MD of one structure file",

@@ -29,7 +29,7 @@ def pytest_collection_modifyitems(config, items):
            else "torch finds no CUDA device")
     skip = pytest.mark.skip(reason=f"needs CUDA: {why}")
     for item in items:
-        if "gpu" in item.keywords:
+        if item.get_closest_marker("gpu") is not None:  # not keywords: a param id "gpu"
             item.add_marker(skip)
 
 

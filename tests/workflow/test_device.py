@@ -71,10 +71,10 @@ def cli(*args: str, tmp_path) -> subprocess.CompletedProcess:
                           env=subprocess_env(), capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize("bad", ["cuda", "cuda:3", "tpu"])
-@pytest.mark.parametrize("command", ["run", "demo"])
+@pytest.mark.parametrize(("command", "bad"), [("run", "cuda"), ("run", "cuda:3"),
+                                              ("run", "tpu"), ("demo", "cuda")])
 def test_a_device_this_machine_lacks_is_one_error_line_before_any_model_loads(
-        bad, command, tmp_path, cu_cif):
+        command, bad, tmp_path, cu_cif):
     if bad.startswith("cuda") and torch.cuda.device_count() > int(bad.partition(":")[2] or 0):
         pytest.skip(f"this machine has {bad}")
     args = ([command, str(cu_cif), "--reference", "emt"] if command == "run" else [command])

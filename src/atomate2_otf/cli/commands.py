@@ -136,6 +136,7 @@ def _device(args: argparse.Namespace) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    device = _device(args)  # before the workflow stack is imported: a bad value answers at once
     from ase.build import molecule
 
     from atomate2_otf.flows import OTFMDMaker
@@ -147,7 +148,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         threshold=DEMO["threshold_kcal"] * EV_PER_KCAL_MOL, n_chains=DEMO["chains"],
         update_steps=DEMO["update_steps"], initial_update_steps=DEMO["initial_update_steps"],
         seed=args.seed, audit_fraction=args.audit, progress=not args.json,
-        device=_device(args))
+        device=device)
     doc = run_flow(maker, molecule("CH3CH2OH"), args.store, args.verbose)
     _emit(args.out, doc, args.json, args.store)
     return 0
@@ -166,10 +167,10 @@ def _launchpad(path: str):
 
 def _otf_maker(args: argparse.Namespace):
     """The OTFMDMaker of ``run``/``batch``'s options (settings are checked by make())."""
+    device = _device(args)  # before the workflow stack is imported: a bad value answers at once
     from atomate2_otf.flows import OTFMDMaker
     from atomate2_otf.reference.makers import get_reference_maker
 
-    device = _device(args)
     try:
         reference = get_reference_maker(args.reference)
     except ValueError as err:

@@ -67,7 +67,9 @@ class RunInterrupted(KeyboardInterrupt):
 def _jobs_in_order(flow: Flow | Job) -> list[Job]:
     from jobflow.core.flow import get_flow
 
-    return [job for job, _ in get_flow(flow).iterflow()]
+    # external references are allowed: a warm-started material's run reads its donor's
+    # final checkpoint, a job of an earlier flow that ran into the same store
+    return [job for job, _ in get_flow(flow, allow_external_references=True).iterflow()]
 
 
 def _now() -> str:

@@ -140,3 +140,32 @@ def test_checkpoints_before_per_composition_offsets_load_with_their_one_offset()
     assert old.energy_offsets == {"29:4": posterior.energy_offset}
     np_pred = old.predict([record.unlabelled()]).energy[0]
     assert np_pred == posterior.predict([record.unlabelled()]).energy[0]
+
+
+def test_cli_batch_warm_start(tmp_path, monkeypatch, capsys):
+    import json
+
+    from ase.io import write
+
+    from atomate2_otf.cli import main
+    from atomate2_otf.store import open_job_store
+
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i, a in enumerate((3.58, 3.64)):
+        write(folder / f"Cu-{i}.cif", cu(a, i))
+    common = ["batch", str(folder), "--model", "toy", "--reference", "emt", "--steps", "8",
+              "--timestep", "1", "--chains", "2", "--update-steps", "3", "--threshold",
+              "0.05", "--store", str(tmp_path / "store"), "--warm-start", "same_elements"]
+    # with a launchpad each material would be its own workflow: refused before any work
+    assert main([*common, "--launchpad", str(tmp_path / "lp.yaml")]) == 2
+    assert "--warm-start same_elements" in capsys.readouterr().err
+    assert main([*common, "--json"]) == 0
+    rows = {r["source"]: r for r in json.loads(capsys.readouterr().out)}
+    store = open_job_store(str(tmp_path / "store"))
+    store.connect()
+    start = store.query_one({"metadata.otf_run_id": rows["Cu-1.cif"]["run_id"],
+                             "metadata.otf_kind": "prepare"}, properties=["output"])
+    assert start["output"]["start_from"] is not None
+    assert start["output"]["start_from"].startswith(rows["Cu-0.cif"]["run_id"])

@@ -236,7 +236,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from atomate2_otf.batch import BatchOTFMaker
     from atomate2_otf.local import register_run
 
-    maker = BatchOTFMaker(otf_maker=_otf_maker(args))
+    if args.warm_start and args.launchpad:
+        raise UsageError(f"--warm-start {args.warm_start} runs a class's materials one after "
+                         f"another here; with --launchpad each material is its own workflow, "
+                         f"so submit BatchOTFMaker(warm_start=...).make(...) as one Flow "
+                         f"(docs/workflow.md), or drop --launchpad")
+    maker = BatchOTFMaker(otf_maker=_otf_maker(args), warm_start=args.warm_start)
     sources = _batch_sources(args.sources)
     launchpad = _launchpad(args.launchpad) if args.launchpad else None
     store = _open_store(args.store)

@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--route-workers", action="store_true",
                        help="FireWorks categories: reference jobs to 'otf_reference', MD "
                             "segments and updates to 'otf_md' (examples/my_fworker_*.yaml)")
+    batch.add_argument("--warm-start", choices=["same_elements"], default=None,
+                       help="start each material from the final posterior of the latest "
+                            "earlier one with the same elements (runs here only)")
     batch.add_argument("--json", action="store_true", help="status rows as JSON on stdout")
 
     resume = sub.add_parser(

@@ -138,6 +138,9 @@ def _snapshot(atoms: Atoms, dyn: MolecularDynamics, calc: ReplayCalculator,
 
 def _entry(atoms: Atoms, results: dict[str, Any], settings: MDSettings, step: int,
            target: float) -> dict[str, Any]:
+    """One trajectory frame. ``target_temperature_K`` is the thermostat target of the step
+    that produced this frame, T(step - 1) of the schedule (T(0) for frame 0); analysis of
+    calls uses the schedule at the call's own step, one step later on a ramp."""
     entry = {"step": step, "time_fs": step * settings.timestep_fs,
              "temperature_K": float(atoms.get_temperature()),
              "target_temperature_K": float(target), "energy": float(results["energy"])}

@@ -25,7 +25,7 @@ from atomate2_otf.md.trigger import AuditDraw
 from atomate2_otf.results import read_run_doc
 from atomate2_otf.stats import wilson_interval
 from atomate2_otf.store import load_checkpoint
-from tests.processes import ROOT, subprocess_env
+from tests.processes import ROOT, refused_cli_line
 from tests.workflow.helpers import copper, toy_maker
 
 FRACTION = 0.1
@@ -134,14 +134,9 @@ def test_audit_off_makes_no_audit_and_changes_nothing(tmp_path):
 
 @pytest.mark.parametrize("bad", ["1.5", "-0.1", "1"])
 def test_a_bad_audit_fraction_is_refused_before_any_work(bad, tmp_path, cu_cif):
-    out = subprocess.run([sys.executable, "-m", "atomate2_otf.cli", "run", str(cu_cif),
-                          "--reference", "emt", "--audit", bad,
-                          "--store", str(tmp_path / "store")], cwd=ROOT,
-                         env=subprocess_env(), capture_output=True, text=True, timeout=600)
-    assert out.returncode == 2, out.stderr
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and "audit" in lines[0] and bad in lines[0] and "[0, 1)" in lines[0]
-    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").iterdir())
+    line = refused_cli_line("run", str(cu_cif), "--reference", "emt", "--audit", bad,
+                            store=tmp_path / "store")
+    assert "audit" in line and bad in line and "[0, 1)" in line
 
 
 KILL_AUDIT = "0.15"

@@ -9,9 +9,6 @@ loads; the gpu-marked run does the whole loop and production MD on CUDA.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -20,7 +17,7 @@ from jobflow import run_locally
 from atomate2_otf.flows import OTFMDMaker, ProductionMDMaker
 from atomate2_otf.jobs import RunConfig
 from atomate2_otf.results import read_run_doc
-from tests.processes import ROOT, subprocess_env
+from tests.processes import refused_cli_line
 from tests.workflow.helpers import copper, otf_job, toy_maker
 
 HAS_CUDA = torch.cuda.is_available()
@@ -65,12 +62,6 @@ def test_the_calculators_refuse_a_bad_device_before_reading_anything(tmp_path):
     assert not (tmp_path / "nowhere").exists()
 
 
-def cli(*args: str, tmp_path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "atomate2_otf.cli", *args,
-                           "--store", str(tmp_path / "store")], cwd=ROOT,
-                          env=subprocess_env(), capture_output=True, text=True, timeout=600)
-
-
 @pytest.mark.parametrize(("command", "bad"), [("run", "cuda"), ("run", "cuda:3"),
                                               ("run", "tpu"), ("demo", "cuda")])
 def test_a_device_this_machine_lacks_is_one_error_line_before_any_model_loads(
@@ -78,12 +69,9 @@ def test_a_device_this_machine_lacks_is_one_error_line_before_any_model_loads(
     if bad.startswith("cuda") and torch.cuda.device_count() > int(bad.partition(":")[2] or 0):
         pytest.skip(f"this machine has {bad}")
     args = ([command, str(cu_cif), "--reference", "emt"] if command == "run" else [command])
-    out = cli(*args, "--device", bad, tmp_path=tmp_path)
-    assert out.returncode == 2, out.stderr
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: --device"), lines
-    assert f"'{bad}'" in lines[0] and "'cpu'" in lines[0] and "'auto'" in lines[0]
-    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").iterdir())
+    line = refused_cli_line(*args, "--device", bad, store=tmp_path / "store")
+    assert line.startswith("error: --device"), line
+    assert f"'{bad}'" in line and "'cpu'" in line and "'auto'" in line
 
 
 @pytest.mark.gpu

@@ -11,8 +11,6 @@ and 245 exact.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +20,7 @@ from jobflow import Maker, job, run_locally
 from atomate2_otf.bnn.posterior import Posterior
 from atomate2_otf.results import read_run_doc
 from atomate2_otf.store import load_checkpoint
-from tests.processes import ROOT, subprocess_env
+from tests.processes import refused_cli_line
 from tests.workflow.helpers import copper, toy_maker
 
 SWITCH_STEP = 60
@@ -87,10 +85,6 @@ def test_exponentially_weighted_calibration_follows_a_jump_the_exact_one_lags(st
 
 @pytest.mark.parametrize("bad", ["1.5", "0", "-0.2"])
 def test_a_bad_decay_is_refused_before_any_work(bad, tmp_path, cu_cif):
-    out = subprocess.run([sys.executable, "-m", "atomate2_otf.cli", "run", str(cu_cif),
-                          "--reference", "emt", "--calibration-ema", bad,
-                          "--store", str(tmp_path / "store")], cwd=ROOT,
-                         env=subprocess_env(), capture_output=True, text=True, timeout=600)
-    assert out.returncode == 2, out.stderr
-    assert "calibration_ema" in out.stderr and bad in out.stderr and "(0, 1)" in out.stderr
-    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").iterdir())
+    line = refused_cli_line("run", str(cu_cif), "--reference", "emt", "--calibration-ema",
+                            bad, store=tmp_path / "store")
+    assert "calibration_ema" in line and bad in line and "(0, 1)" in line

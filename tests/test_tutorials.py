@@ -141,6 +141,10 @@ def execute(name: str, workdir: Path, env: dict[str, str] | None = None) -> tupl
     kernel_env = dict(os.environ)
     kernel_env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent),
                                           kernel_env.get("PATH", "")])
+    # one thread per process, as the suite's other processes: on 2 shared cores torch's
+    # second intra-op thread only waits (measured: notebook 02 took 249-501 s with two
+    # threads under load)
+    kernel_env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     kernel_env.update(env or {})
     client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
                             resources={"metadata": {"path": str(workdir)}})

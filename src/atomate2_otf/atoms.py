@@ -93,7 +93,9 @@ def to_atoms(structure: Structure | Molecule | Atoms | str | Path) -> Atoms:
         try:
             atoms = read(str(path))
         except Exception as err:  # ASE raises many kinds; the user needs the file and why
-            raise ValueError(f"could not read structure file {str(path)!r}: {err}") from err
+            why = str(err) or f"{type(err).__name__} in ASE's reader (not a valid file?)"
+            raise ValueError(f"could not read structure file {str(path)!r}: {why}; give a "
+                             f"file ASE reads (POSCAR, CIF, XYZ, ...)") from err
         return atoms if isinstance(atoms, Atoms) else atoms[-1]
     from pymatgen.io.ase import AseAtomsAdaptor
 

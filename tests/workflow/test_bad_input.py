@@ -50,6 +50,14 @@ def test_structure_files_missing_or_unreadable(no_model_loads, tmp_path):
     garbage.write_text("this is not\na structure file\n")
     with pytest.raises(ValueError, match="could not read structure file.*broken.xyz"):
         OTFMDMaker().make(garbage)
+    # ASE's CIF reader fails with an empty AssertionError/StopIteration: the message still
+    # says what went wrong and what is accepted
+    for i, text in enumerate(["hello\n", "data_broken\n_cell_length_a oops\n"]):
+        cif = tmp_path / f"broken{i}.cif"
+        cif.write_text(text)
+        with pytest.raises(ValueError, match=r"broken\d\.cif': (AssertionError|StopIteration) "
+                                             r"in ASE's reader.*POSCAR, CIF"):
+            OTFMDMaker().make(cif)
 
 
 @pytest.mark.parametrize("mode, message", [

@@ -73,8 +73,9 @@ def cu_cells(seed: int = 0, count: int = 6) -> dict[str, object]:
     return out
 
 
-def run_batch(args: argparse.Namespace, warm: bool) -> list[dict]:
-    """One batch (cold or warm) into its own fresh store; a row per material."""
+def run_batch(args: argparse.Namespace, warm: bool):
+    """One batch (cold or warm) into its own fresh store; yields a row per material, so
+    the caller can interleave the two batches and a killed run keeps matched pairs."""
     from atomate2_otf.batch import BatchOTFMaker
     from atomate2_otf.flows import OTFMDMaker
     from atomate2_otf.local import run_flow_locally
@@ -95,7 +96,6 @@ def run_batch(args: argparse.Namespace, warm: bool) -> list[dict]:
         update_steps=args.update_steps, initial_update_steps=2 * args.update_steps,
         n_workers=args.workers, seed=args.seed, progress=False)
     batch = BatchOTFMaker(otf_maker=maker, warm_start="same_elements" if warm else None)
-    rows = []
     for item in batch.items(materials(args.system, args.seed, args.materials)):
         if item.flow is None:
             raise SystemExit(f"{item.source_id}: {item.error}")
@@ -104,7 +104,7 @@ def run_batch(args: argparse.Namespace, warm: bool) -> list[dict]:
         wall = time.perf_counter() - start
         doc = read_run_doc(store, item.flow.output.uuid)
         errors = np.asarray(doc.call_errors, dtype=float)
-        rows.append({
+        row = {
             "start": "warm" if warm else "cold", "material": item.source_id,
             "donor": item.warm_start_from, "n_atoms": len(doc.structure),
             "n_md_steps": doc.n_md_steps,
@@ -112,10 +112,10 @@ def run_batch(args: argparse.Namespace, warm: bool) -> list[dict]:
             "share_calls_above_k": float(np.mean(np.abs(errors) > doc.threshold))
             if errors.size else None,
             "rmse_calls": float(np.sqrt(np.mean(errors**2))) if errors.size else None,
-            "wall_s": wall})
-        print(f"{rows[-1]['start']} {item.source_id}: {doc.n_reference_calls} calls, "
+            "wall_s": wall}
+        print(f"{row['start']} {item.source_id}: {doc.n_reference_calls} calls, "
               f"{wall:.0f} s", flush=True)
-    return rows
+        yield row
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()
     silence_known_warnings()
     rows = []
-    for warm in (False, True):
-        rows += run_batch(args, warm)
+    for pair in zip(run_batch(args, False), run_batch(args, True)):  # material by material
+        rows += pair
         write_report(args.out, {"partial": True}, rows)  # a killed run keeps its rows
 
     def total(start: str, key: str) -> float:

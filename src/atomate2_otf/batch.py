@@ -128,6 +128,12 @@ class BatchOTFMaker(Maker):
             raise ValueError("BatchOTFMaker: warm_start chooses each material's start_from; "
                              "the otf_maker's own start_from "
                              f"{self.otf_maker.start_from!r} would be ignored: set one of them")
+        if self.warm_start is not None and \
+                getattr(self.otf_maker, "checkpoint_transport", "store") != "store":
+            raise ValueError(
+                f"BatchOTFMaker: warm_start needs the otf_maker's checkpoint_transport="
+                f"'store' (a warm start reads the donor's checkpoint from the JobStore), "
+                f"got {self.otf_maker.checkpoint_transport!r}")
 
     def warm_start_rule(self) -> WarmStartRule | None:
         """The donor-choosing function of ``warm_start``, or None for cold starts."""

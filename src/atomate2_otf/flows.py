@@ -32,7 +32,14 @@ from atomate2_otf.jobflow_compat import (
     route_segment,
     route_to_category,
 )
-from atomate2_otf.jobs import RunConfig, md_segment, prepare_run, reference_job, start_run
+from atomate2_otf.jobs import (
+    CHECKPOINT_TRANSPORTS,
+    RunConfig,
+    md_segment,
+    prepare_run,
+    reference_job,
+    start_run,
+)
 from atomate2_otf.md.trigger import check_audit_fraction
 from atomate2_otf.models.base import check_model_name
 from atomate2_otf.reference.retry import RetryingGFN2xTBStaticMaker
@@ -153,6 +160,15 @@ class OTFMDMaker(_MDMaker):
             model with other pretrained weights, and a reference other than the source
             run's; label 0 is then scored before it is learnt (see ``prepare_run``). Pass
             the source run's final ``MDState`` to ``make`` to continue its dynamics too.
+        checkpoint_transport: how the jobs hand each other the posterior. "store" (the
+            default): by key through the JobStore each job runs with, for the local
+            runner, jobflow's run_locally and FireWorks. "outputs": as references to job
+            outputs that the manager resolves before a job runs, so that no job reads the
+            store; jobflow-remote needs it (its workers run each job against a file store
+            of their own). Same numbers either way; "outputs" keeps GridFS checkpoints
+            base64-encoded (1.33x) and cannot be combined with ``start_from``, which reads
+            the store. Under jobflow's run_locally it keeps every resolved checkpoint in
+            memory for the whole run: use "store" there.
     """
 
     reference_maker: Maker = field(default_factory=RetryingGFN2xTBStaticMaker)
@@ -175,6 +191,7 @@ class OTFMDMaker(_MDMaker):
     progress: bool = False
     worker_categories: dict[str, str] | None = None
     start_from: str | OutputReference | None = None
+    checkpoint_transport: str = "store"
 
     def run_config(self, atoms: Atoms) -> RunConfig:
         """Validate every setting (no model is loaded) and freeze them for the jobs."""
@@ -182,6 +199,7 @@ class OTFMDMaker(_MDMaker):
         from atomate2_otf.bnn.sghmc import SGHMCConfig
 
         check_model_name(self.model)
+        transport = check_checkpoint_transport(self.checkpoint_transport, self.start_from)
         categories = check_worker_categories(self.worker_categories)
         threshold = check_threshold(self.threshold)
         confidence = check_confidence(self.confidence)
@@ -226,7 +244,7 @@ class OTFMDMaker(_MDMaker):
             force_trigger_every=self.force_trigger_every, progress=bool(self.progress),
             formula=atoms.get_chemical_formula(mode="hill"), worker_categories=categories,
             audit_fraction=audit_fraction, force_threshold=force_threshold,
-            device=self.device)
+            device=self.device, checkpoint_transport=transport)
 
     def make(self, structure: Structure | Molecule | Atoms | MDState | str | Path,
              prev_dir: str | Path | None = None) -> Flow:
@@ -261,9 +279,15 @@ class OTFMDMaker(_MDMaker):
             reference = reference_job(self.reference_maker, atoms, 0, cfg, md_step=0)
             prepare = prepare_run(reference.output, state.to_dict(), cfg.to_dict())
         prepare.metadata = cfg.metadata("prepare", 0)
+        portable = {}
+        if cfg.portable:  # what later jobs would otherwise read from the store
+            portable = {"checkpoint_data": prepare.output["checkpoint_data"],
+                        "checkpoint_source": prepare.uuid, "calls": [prepare.output["call"]],
+                        "run_info": {"energy_offset": prepare.output["energy_offset"],
+                                     "start_from": None}}
         segment = md_segment(prepare.output["checkpoint"], prepare.output["state"], 0,
                              cfg.to_dict(), self.reference_maker,
-                             run_started=prepare.output["run_started"])
+                             run_started=prepare.output["run_started"], **portable)
         segment.name = "otf md segment 0"
         segment.metadata = cfg.metadata("segment", 0)
         if cfg.worker_categories:
@@ -275,6 +299,20 @@ class OTFMDMaker(_MDMaker):
         jobs = [reference, prepare, segment] if start is None else [start, reference, prepare,
                                                                      segment]
         return Flow(jobs, output=segment.output, name=f"{self.name} {cfg.formula}")
+
+
+def check_checkpoint_transport(transport: Any, start_from: Any = None) -> str:
+    """A checkpoint transport of :data:`~atomate2_otf.jobs.CHECKPOINT_TRANSPORTS`, refused
+    with ``start_from`` when it is "outputs" (the start job reads the source run's
+    checkpoint and documents from the store)."""
+    if transport not in CHECKPOINT_TRANSPORTS:
+        raise ValueError(f"checkpoint_transport must be one of "
+                         f"{', '.join(map(repr, CHECKPOINT_TRANSPORTS))}, got {transport!r}")
+    if transport == "outputs" and start_from is not None:
+        raise ValueError(f"start_from={start_from!r} needs checkpoint_transport='store': a "
+                         f"continued run reads its source run's checkpoint and documents "
+                         f"from the JobStore, which 'outputs' (jobflow-remote) jobs do not")
+    return str(transport)
 
 
 def check_start_from(start_from: Any) -> str | OutputReference | None:

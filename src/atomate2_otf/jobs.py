@@ -38,6 +38,8 @@ from atomate2_otf.resources import resources
 from atomate2_otf.schemas import OTFRunDoc, ReferenceCall
 from atomate2_otf.store import (
     RetentionPolicy,
+    checkpoint_bytes,
+    checkpoint_placeholder,
     load_checkpoint,
     prune_checkpoints,
     save_checkpoint,
@@ -50,6 +52,13 @@ if TYPE_CHECKING:
     from atomate2_otf.bnn.posterior import Posterior
 
 logger = logging.getLogger(__name__)
+
+#: how the jobs of a run hand each other the posterior (``RunConfig.checkpoint_transport``):
+#: "store": by key, each job reading and writing the JobStore it runs with (the local
+#: runner, jobflow's run_locally, FireWorks); "outputs": as references to job outputs that
+#: the manager resolves before the job runs (jobflow-remote, whose workers run every job
+#: against a file store of its own that the runner copies into the real one afterwards)
+CHECKPOINT_TRANSPORTS = ("store", "outputs")
 
 
 @dataclass
@@ -78,6 +87,14 @@ class RunConfig:
     #: where models and chains run (atomate2_otf.devices), resolved by each job on the
     #: machine that runs it: "auto" follows the worker
     device: str = "cpu"
+    #: one of CHECKPOINT_TRANSPORTS
+    checkpoint_transport: str = "store"
+
+    @property
+    def portable(self) -> bool:
+        """Jobs read nothing from the JobStore: checkpoints, the run's calls and its energy
+        offset arrive as (resolved) job arguments; jobs still write to the store."""
+        return self.checkpoint_transport == "outputs"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | RunConfig) -> RunConfig:
@@ -107,10 +124,25 @@ def new_posterior(config: RunConfig) -> Posterior:
     return Posterior(_model(config), PosteriorConfig(**config.posterior))
 
 
-def load_posterior(store: JobStore, key: str, config: RunConfig) -> Posterior:
+def load_posterior(store: JobStore, key: str, config: RunConfig,
+                   data: Any = None) -> Posterior:
+    """The posterior of checkpoint ``key``: read from ``store`` or, with the "outputs"
+    transport, from ``data``, the resolved :func:`~atomate2_otf.store.checkpoint_placeholder`
+    (a job that resolves its own arguments gets the reference and resolves it here)."""
     from atomate2_otf.bnn.posterior import Posterior
 
-    return Posterior.from_bytes(load_checkpoint(store, key), model=_model(config))
+    if data is None:
+        blob = load_checkpoint(store, key)
+    else:
+        if isinstance(data, OutputReference):
+            data = data.resolve(store)
+        blob = checkpoint_bytes(data)
+    return Posterior.from_bytes(blob, model=_model(config))
+
+
+def _checkpoint_output(cfg: RunConfig, key: str) -> dict[str, Any]:
+    """The output field that hands checkpoint ``key`` on under the "outputs" transport."""
+    return {"checkpoint_data": checkpoint_placeholder(key)} if cfg.portable else {}
 
 
 def _update(posterior: Posterior, config: RunConfig, n_steps: int, label: str) -> None:
@@ -236,7 +268,7 @@ def prepare_run(reference_output: Any, state: dict[str, Any],
             posterior.add_labels([label])
     _update(posterior, cfg, cfg.initial_update_steps, "initial update")
     update_s = time.perf_counter() - started
-    key = save_checkpoint(store, cfg.run_id, 0, posterior.to_bytes())
+    key = save_checkpoint(store, cfg.run_id, 0, posterior.to_bytes(), portable=cfg.portable)
     # The first MD step is driven by the reference itself, as every trigger step is.
     md_state.energy = label.energy
     md_state.forces = np.asarray(label.forces)
@@ -247,7 +279,8 @@ def prepare_run(reference_output: Any, state: dict[str, Any],
     return {"checkpoint": key, "state": md_state.to_dict(), "call": call.model_dump(),
             "energy_offset": float(posterior.offsets_of([label])[0]),
             "run_started": run_started,
-            "reference": cfg.reference, "start_from": start_from}
+            "reference": cfg.reference, "start_from": start_from,
+            **_checkpoint_output(cfg, key)}
 
 
 def _score_start(posterior: Posterior, label: StructureRecord,
@@ -273,13 +306,15 @@ def _score_start(posterior: Posterior, label: StructureRecord,
 
 @job(name="otf update", config=UPDATE_CONFIG)
 def update_posterior(reference_output: Any, checkpoint: str, trigger: dict[str, Any],
-                     index: int, config: dict[str, Any], kind: str = "trigger") -> dict[str, Any]:
+                     index: int, config: dict[str, Any], kind: str = "trigger",
+                     checkpoint_data: Any = None) -> dict[str, Any]:
     """Score the model's prediction against the label, learn the label, sample; store.
 
     An audited frame (``kind="audit"``) is scored and learnt the same way (its error is
     recorded before the label joins the calibration and the data), but not sampled on:
     an audit buys a check of the ensemble, not an update, and the next triggered update
-    samples with its label in the data.
+    samples with its label in the data. ``checkpoint_data``: the "outputs" transport's
+    reference to the checkpoint (see :func:`load_posterior`).
     """
     from atomate2_otf.md.trigger import TriggerEvent
 
@@ -293,14 +328,14 @@ def update_posterior(reference_output: Any, checkpoint: str, trigger: dict[str, 
     reference_s = elapsed_from_output(reference_output)
     if reference_s is None:  # generic Makers: the time between trigger and this job
         reference_s = max(time.time() - event.ended_at, 0.0)
-    posterior = load_posterior(store, checkpoint, cfg)
+    posterior = load_posterior(store, checkpoint, cfg, checkpoint_data)
     started = time.perf_counter()
     observed = posterior.observe(label, event.energy, event.energy_std,
                                  predicted_forces=event.forces, forces_std=event.forces_std)
     if kind != "audit":
         _update(posterior, cfg, cfg.update_steps, f"update {index}")
     update_s = time.perf_counter() - started
-    key = save_checkpoint(store, cfg.run_id, index, posterior.to_bytes())
+    key = save_checkpoint(store, cfg.run_id, index, posterior.to_bytes(), portable=cfg.portable)
     prune_checkpoints(store, cfg.run_id, RetentionPolicy(keep_last=cfg.keep_checkpoints))
     call = ReferenceCall(
         index=index, kind=kind, md_step=event.md_step, reference_energy=label.energy,
@@ -311,14 +346,24 @@ def update_posterior(reference_output: Any, checkpoint: str, trigger: dict[str, 
         prob_within_forces=event.prob_within_forces,
         md_s=event.md_s, reference_s=reference_s, update_s=update_s, checkpoint=key)
     # the label goes back to the next segment, which replays the triggering step with it
-    return {"checkpoint": key, "call": call.model_dump(), "label": label.to_dict()}
+    return {"checkpoint": key, "call": call.model_dump(), "label": label.to_dict(),
+            **_checkpoint_output(cfg, key)}
 
 
 @job(name="otf md segment", config=STORE_CONFIG, output_schema=OTFRunDoc)
 def md_segment(checkpoint: str, state: dict[str, Any], index: int, config: dict[str, Any],
                reference_maker: Maker, pending_label: dict[str, Any] | None = None,
-               run_started: float | None = None) -> Response:
-    """Run MD with the ensemble mean until the trigger fires or the run's steps are done."""
+               run_started: float | None = None, checkpoint_data: Any = None,
+               checkpoint_source: str | None = None, calls: list[dict] | None = None,
+               run_info: dict[str, Any] | None = None) -> Response:
+    """Run MD with the ensemble mean until the trigger fires or the run's steps are done.
+
+    The "outputs" transport's arguments (None otherwise): ``checkpoint_data``, the
+    resolved checkpoint; ``checkpoint_source``, the uuid of the job whose output holds it
+    (the next update references it there); ``calls``, the run's ReferenceCall documents so
+    far, and ``run_info``, its energy offset and ``start_from``, which the last segment
+    summarises instead of querying the store.
+    """
     from atomate2_otf.md.calculator import PosteriorCalculator
     from atomate2_otf.md.segment import MDSettings, run_segment
     from atomate2_otf.md.state import MDState
@@ -328,7 +373,7 @@ def md_segment(checkpoint: str, state: dict[str, Any], index: int, config: dict[
     cfg = RunConfig.from_dict(config)
     store = current_store()
     settings = MDSettings.from_dict(cfg.md)
-    posterior = load_posterior(store, checkpoint, cfg)
+    posterior = load_posterior(store, checkpoint, cfg, checkpoint_data)
     calculator = PosteriorCalculator(posterior, cfg.threshold, pool=_pool(cfg, posterior),
                                      force_threshold=cfg.force_threshold)
     md_state = MDState.from_dict(state)
@@ -364,7 +409,8 @@ def md_segment(checkpoint: str, state: dict[str, Any], index: int, config: dict[
         from atomate2_otf.results import summarise_run
 
         doc = summarise_run(store, cfg, result.state.to_dict(), checkpoint,
-                            final_md_s=md_s, total_s=time.time() - run_started)
+                            final_md_s=md_s, total_s=time.time() - run_started,
+                            calls=calls, run_info=run_info)
         return Response(output=doc)
     kind = result.reason or "trigger"
     if (kind == "trigger" and cfg.max_reference_calls is not None
@@ -378,14 +424,21 @@ def md_segment(checkpoint: str, state: dict[str, Any], index: int, config: dict[
     k = index + 1
     reference = reference_job(reference_maker, result.pending, k, cfg, event.md_step,
                               audit=kind == "audit")
+    portable: dict[str, Any] = {}
+    if cfg.portable:
+        portable = {"checkpoint_data": OutputReference(checkpoint_source)["checkpoint_data"]}
     update = update_posterior(reference.output, checkpoint, event.to_dict(), k, cfg.to_dict(),
-                              **({"kind": kind} if kind == "audit" else {}))
+                              **({"kind": kind} if kind == "audit" else {}), **portable)
     update.name = f"otf update {k}" + (" audit" if kind == "audit" else "")
     update.metadata = {**cfg.metadata("update", k), **({"otf_audit": True}
                                                        if kind == "audit" else {})}
+    if cfg.portable:
+        portable = {"checkpoint_data": update.output["checkpoint_data"],
+                    "checkpoint_source": update.uuid,
+                    "calls": [*(calls or []), update.output["call"]], "run_info": run_info}
     following = md_segment(update.output["checkpoint"], result.state.to_dict(), k, cfg.to_dict(),
                            reference_maker, pending_label=update.output["label"],
-                           run_started=run_started)
+                           run_started=run_started, **portable)
     following.name = f"otf md segment {k}"
     following.metadata = cfg.metadata("segment", k)
     if cfg.worker_categories:

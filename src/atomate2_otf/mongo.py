@@ -339,7 +339,10 @@ def gridfs_get_raw(fs_store: Any, key: str) -> bytes | None:
     import json
     import zlib
 
-    files = list(fs_store._files_collection.find({"metadata._key": key}).sort(
+    # a checkpoint copied by jobflow-remote into GridFS (GridFSStore.update, keyed by
+    # jobflow's blob_uuid) has no _key in its metadata unless it is a searchable field
+    files = list(fs_store._files_collection.find(
+        {"$or": [{"metadata._key": key}, {"metadata.blob_uuid": key}]}).sort(
         "uploadDate", -1).limit(1))
     if not files:
         return None

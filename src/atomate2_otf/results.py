@@ -32,16 +32,24 @@ def run_calls(store: JobStore, run_id: str) -> list[ReferenceCall]:
 
 def summarise_run(store: JobStore, cfg: RunConfig, final_state: dict[str, Any],
                   checkpoint: str, final_md_s: float = 0.0,
-                  total_s: float | None = None) -> OTFRunDoc:
-    """The OTFRunDoc of a run from its records in the store."""
+                  total_s: float | None = None, calls: list[dict] | None = None,
+                  run_info: dict[str, Any] | None = None) -> OTFRunDoc:
+    """The OTFRunDoc of a run from its records in the store, or from ``calls`` (the
+    ReferenceCall documents) and ``run_info`` (``energy_offset``, ``start_from``) where a
+    job cannot read the store (the "outputs" checkpoint transport)."""
     from atomate2_otf.atoms import to_pymatgen
     from atomate2_otf.md.state import MDState
 
     atoms = MDState.from_dict(final_state).to_atoms()
     structure = to_pymatgen(atoms)
-    calls = run_calls(store, cfg.run_id)
     posterior_offset = start_from = None
-    if calls:
+    if calls is not None:
+        calls = [ReferenceCall(**call) for call in calls]
+        posterior_offset = (run_info or {}).get("energy_offset")
+        start_from = (run_info or {}).get("start_from")
+    else:
+        calls = run_calls(store, cfg.run_id)
+    if calls and run_info is None:
         doc = store.query_one({"metadata.otf_run_id": cfg.run_id, "metadata.otf_kind": "prepare"},
                               properties=["output.energy_offset", "output.start_from"])
         if doc is not None:

@@ -182,16 +182,29 @@ def _backend(store: Store) -> str:
     return "base64"
 
 
-def save_checkpoint(store: JobStore, run_id: str, index: int, blob: bytes) -> str:
-    """Write the posterior bytes of checkpoint ``index``; return its key."""
+def save_checkpoint(store: JobStore, run_id: str, index: int, blob: bytes,
+                    portable: bool = False) -> str:
+    """Write the posterior bytes of checkpoint ``index``; return its key.
+
+    Every checkpoint document also carries ``blob_uuid`` (= its key): jobflow keys each
+    additional store by it, so a store that copies another store's documents (jobflow-remote
+    uploads each job's own file store into the real one) and jobflow's loading of a
+    :func:`checkpoint_placeholder` in a job output both find it. ``portable`` (the
+    ``"outputs"`` checkpoint transport) writes a GridFS checkpoint in maggma's own encoding
+    (base64 in a JSON file, 1.33x) instead of raw bytes, which jobflow could not load.
+    """
     from atomate2_otf.mongo import gridfs_put_raw, retrying, unwrap
 
     key = checkpoint_key(run_id, index)
     extra = _additional(store, CHECKPOINT_STORE, True)
-    meta = {"_key": key, "run_id": run_id, "index": int(index), "nbytes": len(blob),
-            "created": datetime.now(timezone.utc).isoformat()}
+    meta = {"_key": key, "blob_uuid": key, "run_id": run_id, "index": int(index),
+            "nbytes": len(blob), "created": datetime.now(timezone.utc).isoformat()}
     backend = _backend(extra)
-    if backend == "gridfs":
+    if backend == "gridfs" and portable:
+        extra.update([{**meta, "encoding": "base64",
+                       "data": base64.b64encode(blob).decode("ascii")}], key="_key",
+                     additional_metadata=["blob_uuid", "run_id", "index"])
+    elif backend == "gridfs":
         retrying(extra, gridfs_put_raw, unwrap(extra), {**meta, "encoding": "raw"}, bytes(blob),
                  what="save_checkpoint")
     elif backend == "sqlite":
@@ -218,6 +231,28 @@ def load_checkpoint(store: JobStore, key: str) -> bytes:
         raise ValueError(f"checkpoint {key!r} is not in the store (never written, or pruned "
                          f"by the retention policy)")
     return bytes(blob)
+
+
+def checkpoint_placeholder(key: str) -> dict[str, str]:
+    """What a job puts in its output so that a later job's reference to that output
+    resolves to the bytes of checkpoint ``key``: jobflow's own pointer into an additional
+    store (what ``JobStore.update`` writes for a blob), aimed at the checkpoint document,
+    whose ``blob_uuid`` is its key. Loading it is jobflow's (``get_output(load=True)``), so
+    any manager that resolves references (run_locally, FireWorks, jobflow-remote's runner)
+    hands the job the bytes, without the job reaching the store."""
+    return {"@class": "", "@module": "", "blob_uuid": key, "store": CHECKPOINT_STORE}
+
+
+def checkpoint_bytes(data: Any) -> bytes:
+    """The posterior bytes from a resolved :func:`checkpoint_placeholder`: raw bytes
+    (SQLite, raw GridFS) or base64 text (every JSON store, maggma's GridFS encoding)."""
+    if isinstance(data, str):
+        return base64.b64decode(data)
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    raise ValueError(f"a checkpoint reference resolved to {type(data).__name__}, not the "
+                     f"checkpoint's bytes: was the checkpoint pruned from the store, or the "
+                     f"job run without a JobStore that has the '{CHECKPOINT_STORE}' store?")
 
 
 def stored_checkpoint_nbytes(store: JobStore, key: str) -> int:
@@ -290,7 +325,8 @@ def save_trajectory(store: JobStore, run_id: str, segment: int,
     extra = _additional(store, TRAJECTORY_STORE, False)
     if extra is None:
         return False
-    doc = {"_key": f"{run_id}:{int(segment)}", "run_id": run_id, "segment": int(segment),
+    key = f"{run_id}:{int(segment)}"  # blob_uuid: see save_checkpoint
+    doc = {"_key": key, "blob_uuid": key, "run_id": run_id, "segment": int(segment),
            "frames": frames}
     if _backend(extra) == "gridfs":  # run_id/segment in the file metadata: queryable
         extra.update([doc], key="_key", additional_metadata=["run_id", "segment"])

@@ -282,7 +282,7 @@ class OTFMDMaker(_MDMaker):
         portable = {}
         if cfg.portable:  # what later jobs would otherwise read from the store
             portable = {"checkpoint_data": prepare.output["checkpoint_data"],
-                        "checkpoint_source": prepare.uuid, "calls": [prepare.output["call"]],
+                        "calls": [prepare.output["call"]],
                         "run_info": {"energy_offset": prepare.output["energy_offset"],
                                      "start_from": None}}
         segment = md_segment(prepare.output["checkpoint"], prepare.output["state"], 0,

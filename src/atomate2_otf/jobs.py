@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from jobflow import Flow, OutputReference, Response, job
+from jobflow import Flow, JobConfig, OutputReference, Response, job
 
 from atomate2_otf.atoms import record_from_atoms, to_pymatgen
 from atomate2_otf.jobflow_compat import (
@@ -350,19 +350,33 @@ def update_posterior(reference_output: Any, checkpoint: str, trigger: dict[str, 
             **_checkpoint_output(cfg, key)}
 
 
+@job(name="otf checkpoint")
+def checkpoint_pointer(checkpoint: str) -> dict[str, Any]:
+    """Hand checkpoint ``checkpoint`` (a key) to the jobs of the same cycle, under the
+    "outputs" transport; it reads nothing and writes nothing.
+
+    Update k needs the checkpoint segment k ran with, which an earlier cycle's job wrote;
+    a reference to that job's output would reach outside the flow segment k returns, and
+    jobflow-remote refuses such a flow (``get_flow`` without external references). This
+    job, made in the same flow, outputs the pointer to that checkpoint instead: it needs
+    nothing, so it runs beside the reference call, off the cycle's critical path.
+    """
+    return {"checkpoint": checkpoint, "checkpoint_data": checkpoint_placeholder(checkpoint)}
+
+
 @job(name="otf md segment", config=STORE_CONFIG, output_schema=OTFRunDoc)
 def md_segment(checkpoint: str, state: dict[str, Any], index: int, config: dict[str, Any],
                reference_maker: Maker, pending_label: dict[str, Any] | None = None,
                run_started: float | None = None, checkpoint_data: Any = None,
-               checkpoint_source: str | None = None, calls: list[dict] | None = None,
+               calls: list[dict] | None = None,
                run_info: dict[str, Any] | None = None) -> Response:
     """Run MD with the ensemble mean until the trigger fires or the run's steps are done.
 
     The "outputs" transport's arguments (None otherwise): ``checkpoint_data``, the
-    resolved checkpoint; ``checkpoint_source``, the uuid of the job whose output holds it
-    (the next update references it there); ``calls``, the run's ReferenceCall documents so
-    far, and ``run_info``, its energy offset and ``start_from``, which the last segment
-    summarises instead of querying the store.
+    resolved checkpoint; ``calls``, the run's ReferenceCall documents so far, and
+    ``run_info``, its energy offset and ``start_from``, which the last segment summarises
+    instead of querying the store. A trigger then adds :func:`checkpoint_pointer` to the
+    cycle, for the update.
     """
     from atomate2_otf.md.calculator import PosteriorCalculator
     from atomate2_otf.md.segment import MDSettings, run_segment
@@ -425,16 +439,21 @@ def md_segment(checkpoint: str, state: dict[str, Any], index: int, config: dict[
     reference = reference_job(reference_maker, result.pending, k, cfg, event.md_step,
                               audit=kind == "audit")
     portable: dict[str, Any] = {}
+    pointer = None
     if cfg.portable:
-        portable = {"checkpoint_data": OutputReference(checkpoint_source)["checkpoint_data"]}
+        pointer = checkpoint_pointer(checkpoint)
+        pointer.name = f"otf checkpoint {k}"
+        pointer.metadata = cfg.metadata("checkpoint", k)
+        portable = {"checkpoint_data": pointer.output["checkpoint_data"]}
     update = update_posterior(reference.output, checkpoint, event.to_dict(), k, cfg.to_dict(),
                               **({"kind": kind} if kind == "audit" else {}), **portable)
+    if cfg.portable:  # references resolved by the manager: jobflow-remote's runner resolves
+        update.config = JobConfig(expose_store=True)  # only where resolve_references is on
     update.name = f"otf update {k}" + (" audit" if kind == "audit" else "")
     update.metadata = {**cfg.metadata("update", k), **({"otf_audit": True}
                                                        if kind == "audit" else {})}
     if cfg.portable:
         portable = {"checkpoint_data": update.output["checkpoint_data"],
-                    "checkpoint_source": update.uuid,
                     "calls": [*(calls or []), update.output["call"]], "run_info": run_info}
     following = md_segment(update.output["checkpoint"], result.state.to_dict(), k, cfg.to_dict(),
                            reference_maker, pending_label=update.output["label"],
@@ -447,6 +466,8 @@ def md_segment(checkpoint: str, state: dict[str, Any], index: int, config: dict[
         categories = cfg.worker_categories
         route_to_category(reference, categories.get("reference"))
         route_to_category(update, categories.get("update"))
+        if pointer is not None:
+            route_to_category(pointer, categories.get("update"))
         route_to_category(following, categories.get("segment"))
         following.config.pass_manager_config = False
         # the store_inputs update reaches `following` through jobflow's config_updates
@@ -454,8 +475,9 @@ def md_segment(checkpoint: str, state: dict[str, Any], index: int, config: dict[
             route_store_inputs(CURRENT_JOB.job, categories.get("segment"))
     ensure_recursion_headroom()
     release_output_schema()  # the last segment's OTFRunDoc is checked, not this reference
-    return Response(replace=Flow([reference, update, following], output=following.output,
-                                 name=f"otf cycle {k}"),
+    cycle = [reference, update, following] if pointer is None else [pointer, reference,
+                                                                      update, following]
+    return Response(replace=Flow(cycle, output=following.output, name=f"otf cycle {k}"),
                     output={"run_id": cfg.run_id, "segment": index, "triggered_at": k,
                             "md_step": event.md_step,
                             **({"audit": True} if kind == "audit" else {})})

@@ -20,15 +20,17 @@ jobflow-remote 1.0.1):
   replacement then falls back to the segment's worker, as jobflow-remote gives a job
   without a worker its creator's.
 
-**Not yet runnable end to end.** jobflow-remote's workers never open the JobStore: each job
-runs against a per-job JSON file store that the runner copies into the database afterwards
-(references in job arguments are resolved by the runner before upload). This package's
-jobs read the previous posterior checkpoint from the store by key and write checkpoints and
-trajectories with their own keys, so under jobflow-remote ``otf prepare`` runs but its
-checkpoint cannot be copied back (the runner reloads the file store keyed ``blob_uuid``),
-and a segment would find no checkpoint. Tested with jobflow-remote 1.0.1, local workers
-and a MongoDB server: ``otf reference 0`` completes on ``cpu``, ``otf prepare`` runs on
-``gpu`` and stays DOWNLOADED. Checkpoints must travel as job outputs first (jobs.py).
+**Checkpoints travel as job outputs.** jobflow-remote's workers never open the JobStore:
+each job runs against a file store of its own that the runner copies into the database
+afterwards, and the references in a job's arguments are resolved by the runner before
+the upload. So an on-the-fly flow for jobflow-remote is made with
+``OTFMDMaker(checkpoint_transport="outputs")``: each job's output points at its checkpoint
+(jobflow's own blob pointer), the next job's argument references it, and the last segment
+gets the run's reference calls as arguments instead of querying the store. This module
+refuses a flow made with the default "store" transport (its first segment would find no
+checkpoint), and ProductionMDMaker's job, which reads its checkpoint from the store.
+Tested end to end with jobflow-remote 1.0.1, two local workers and a MongoDB server
+(tests/production/test_jobflow_remote.py).
 """
 
 from __future__ import annotations
@@ -45,9 +47,11 @@ logger = logging.getLogger(__name__)
 #: job-name substrings of the reference calculations (audits included: "otf reference k audit")
 REFERENCE_NAMES: tuple[str, ...] = ("otf reference",)
 #: job-name substrings of the jobs that run the model: MD segments, posterior updates, the
-#: initial preparation (first update), the start-from-a-posterior check and ProductionMDMaker's MD
+#: initial preparation (first update), the start-from-a-posterior check, ProductionMDMaker's MD
+#: and the "outputs" transport's checkpoint pointer (which needs nothing: any worker will do)
 MD_NAMES: tuple[str, ...] = (
-    "otf md segment", "otf update", "otf prepare", "otf start", "otf production md")
+    "otf md segment", "otf update", "otf prepare", "otf start", "otf production md",
+    "otf checkpoint")
 #: the jobs that create further jobs at run time
 SEGMENT_NAME = "otf md segment"
 
@@ -60,6 +64,29 @@ def _set_run_config() -> Any:
                           "'atomate2-otf[remote]' (jobflow-remote==1.0.1; it pins "
                           "pymongo<4.11)") from err
     return set_run_config
+
+
+def check_runs_without_the_store(flow: Flow | Job) -> None:
+    """Refuse, before anything is submitted, a flow whose jobs would read the JobStore
+    (module docstring): on-the-fly runs made with the "store" checkpoint transport, and
+    ProductionMDMaker's job."""
+    from jobflow import Flow
+
+    jobs = [j for j, _ in flow.iterflow()] if isinstance(flow, Flow) else [flow]
+    for one in jobs:
+        if one.name.startswith("otf production md"):
+            raise ValueError(f"job {one.name!r} reads its checkpoint from the JobStore, which "
+                             f"jobflow-remote workers do not reach: run production MD with "
+                             f"the local runner or FireWorks, or atomate2's ForceFieldMDMaker "
+                             f"with atomate2_otf.atomate2_calculator on a machine that does")
+        for arg in (*one.function_args, *one.function_kwargs.values()):
+            if isinstance(arg, dict) and "run_id" in arg and "checkpoint_transport" in arg \
+                    and arg["checkpoint_transport"] != "outputs":
+                raise ValueError(
+                    f"job {one.name!r} of run {arg['run_id']} has checkpoint_transport="
+                    f"{arg['checkpoint_transport']!r}: its jobs read checkpoints from the "
+                    f"JobStore, which jobflow-remote workers do not reach; make the flow "
+                    f"with OTFMDMaker(checkpoint_transport='outputs')")
 
 
 def route_for_jobflow_remote(
@@ -82,14 +109,13 @@ def route_for_jobflow_remote(
     ``set_run_config`` takes them (None leaves the worker's or submit_flow's defaults).
 
     A reference Maker that makes a Flow (rather than a Job) keeps its own job names
-    inside it: add them to ``reference_names``, or its jobs run on ``md_worker``.
+    inside it: add them to ``reference_names``, or its jobs run on ``md_worker``. A flow
+    that reads the JobStore from its jobs is refused (:func:`check_runs_without_the_store`).
     """
     from jobflow import Flow
 
     set_run_config = _set_run_config()
-    logger.warning("jobflow-remote cannot run an on-the-fly flow to the end yet: its "
-                   "workers do not reach the JobStore the jobs read checkpoints from "
-                   "(docs/production.md#jobflow-remote); only the routing is set here")
+    check_runs_without_the_store(flow)
     for value, what in ((reference_worker, "reference_worker"), (md_worker, "md_worker")):
         if not isinstance(value, str) or not value.strip():
             raise ValueError(f"{what} must be a jobflow-remote worker name, got {value!r}")

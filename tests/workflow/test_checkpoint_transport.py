@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from jobflow import Flow, JobStore, run_locally
+from jobflow.core.flow import get_flow
 from maggma.stores import JSONStore
 
 from atomate2_otf.results import read_run_doc
@@ -58,12 +59,13 @@ def copy_back(worker: JobStore, real: JobStore) -> None:
 def run_isolated(flow: Flow, real: JobStore, folder) -> list[str]:
     """Run ``flow`` as jobflow-remote would: each job's references resolved against the
     real store, the job run against its own empty store, the results copied back; the
-    jobs a Response creates join the queue. Returns the names of the jobs run."""
+    jobs a Response creates join the queue, if they reference no job outside their flow. Returns the names of the jobs run."""
     queue = [one for one, _ in flow.iterflow()]
     names = []
     while queue:
         one = queue.pop(0)
-        one.resolve_args(store=real, inplace=True)  # the runner, before the upload
+        if one.config.resolve_references:  # the runner, before the upload
+            one.resolve_args(store=real, inplace=True)
         own = worker_store(folder / f"{len(names)}", real)
         own.connect()
         response = one.run(store=own)
@@ -72,7 +74,10 @@ def run_isolated(flow: Flow, real: JobStore, folder) -> list[str]:
         copy_back(own, real)
         names.append(one.name)
         if response.replace is not None:
-            queue = [new for new, _ in response.replace.iterflow()] + queue
+            # as jobflow-remote's worker does: a flow that references a job outside it
+            # (an earlier cycle's) is refused
+            replacement = get_flow(response.replace)
+            queue = [new for new, _ in replacement.iterflow()] + queue
     return names
 
 

@@ -67,7 +67,7 @@ def run_otf(args: argparse.Namespace):
     maker = OTFMDMaker(
         model=args.model, reference_maker=get_reference_maker("gfn2-xtb"), ensemble="nvt",
         temperature=300.0, timestep_fs=0.5, friction_per_fs=0.01, n_steps=args.md_steps,
-        threshold=0.5 * EV_PER_KCAL_MOL, confidence=0.95, n_chains=args.chains,
+        threshold=getattr(args, "threshold_kcal", 0.5) * EV_PER_KCAL_MOL, confidence=0.95, n_chains=args.chains,
         update_steps=args.update_steps, initial_update_steps=args.initial_update_steps,
         n_workers=args.workers, trajectory_interval=args.trajectory_interval, seed=args.seed,
         sghmc={"keep_mass": bool(getattr(args, "keep_mass", False))},
@@ -166,7 +166,8 @@ def summarise(args: argparse.Namespace, doc, scores: dict, wall: dict) -> dict:
     low, high = wilson_interval(above, len(tuned))
     inside = scores["inside_95"]
     return {
-        "md_steps": doc.n_md_steps, "md_ps": md_ps, "update_steps": args.update_steps,
+        "md_steps": doc.n_md_steps, "md_ps": md_ps, "threshold_kcal": k * kcal,
+        "update_steps": args.update_steps,
         "initial_update_steps": args.initial_update_steps, "chains": args.chains,
         "reference_calls": doc.n_reference_calls,
         "calls_per_ps": calls_after_start / md_ps if md_ps else None,
@@ -209,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--update-steps", type=int, default=250)
     parser.add_argument("--initial-update-steps", type=int, default=None)
     parser.add_argument("--chains", type=int, default=8)
+    parser.add_argument("--threshold-kcal", type=float, default=0.5,
+                        help="K in kcal/mol (the paper's: 0.5)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--frames", type=int, default=150)
     parser.add_argument("--trajectory-interval", type=int, default=5)

@@ -128,15 +128,10 @@ def load_posterior(store: JobStore, key: str, config: RunConfig,
                    data: Any = None) -> Posterior:
     """The posterior of checkpoint ``key``: read from ``store`` or, with the "outputs"
     transport, from ``data``, the resolved :func:`~atomate2_otf.store.checkpoint_placeholder`
-    (a job that resolves its own arguments gets the reference and resolves it here)."""
+    (jobs of that transport let the manager resolve their references)."""
     from atomate2_otf.bnn.posterior import Posterior
 
-    if data is None:
-        blob = load_checkpoint(store, key)
-    else:
-        if isinstance(data, OutputReference):
-            data = data.resolve(store)
-        blob = checkpoint_bytes(data)
+    blob = load_checkpoint(store, key) if data is None else checkpoint_bytes(data)
     return Posterior.from_bytes(blob, model=_model(config))
 
 

@@ -249,6 +249,13 @@ def test_worker_categories_are_checked_and_reach_every_initial_job():
     assert segment.config.pass_manager_config is False  # or jobflow would overwrite
     plain = otf_maker(categories=None).make(copper())
     assert all(not j.config.manager_config and j.config.pass_manager_config for j in plain)
+    # the jobs made by one decorated function must not share one JobConfig: each kind
+    # keeps its own category when they differ
+    distinct = {"reference": "r", "prepare": "p", "segment": "s", "update": "u"}
+    _, prepare, segment = otf_maker(categories=distinct).make(copper()).jobs
+    assert prepare.config.manager_config == {"_category": "p"}
+    assert segment.config.manager_config == {"_category": "s"}
+    assert prepare.config is not segment.config
 
 
 def test_submit_flow_refuses_an_uninitialised_launchpad(mongo_server, database, tmp_path):

@@ -19,19 +19,26 @@ posterior update), the odd ones are held out.
    Student-t predictive law made *before* it was added (the prequential log score). Higher
    is better; the coverage of the central 95 % interval is reported beside it.
 
-JSON beside the table: the grid, every score, the choice. The families without offline
-weights (MACE, NequIP, fairchem) keep the paper's values (docs/models.md, family defaults).
+JSON beside the table: the grid, every score, each row's held-out (error, sigma) pairs,
+the choice. The families without offline weights (MACE, NequIP, fairchem) keep the paper's
+values (docs/models.md, family defaults).
+
+A grid can be split over processes or machines (one grid point each, ``--device cuda
+--workers 0`` on a GPU) and its JSON files joined afterwards: ``--merge a.json b.json``
+chooses from all their rows as one run would have.
 
 Usage: python benchmarks/defaults.py [--models chgnet sevenn-0] [--sigmas 0.05 0.2 0.5]
        [--step-sizes 1e-4 3e-4 1e-3] [--steps 300] [--chains 4] [--workers 2]
        [--systems methanol-xtb acetone-xtb methylamine-xtb al-emt ni-emt]
-       [--out benchmarks/defaults.json]
+       [--device cpu] [--out benchmarks/defaults.json]
+       python benchmarks/defaults.py --merge part1.json part2.json [--out FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import platform
 import sys
@@ -85,8 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--device", default="cpu",
+                        help="where the model and chains run (cpu, cuda, cuda:N)")
+    parser.add_argument("--merge", nargs="+", type=Path, default=None,
+                        help="join these JSON files of earlier grid runs; run nothing")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("defaults.json"))
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge(args)
 
     import torch
 
@@ -98,35 +111,45 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     rows, choices = [], {}
     for name in args.models:
-        model = load_model(name)
-        results = {}
+        model = load_model(name, device=args.device)
         for sigma_tl, step_size in itertools.product(args.sigmas, args.step_sizes):
             start = time.perf_counter()
             per_system = {s: finetune(model, s, sigma_tl, step_size, args)
                           for s in args.systems}
             score = float(np.mean([(r["energy_ratio"] + r["force_ratio"]) / 2
                                    for r in per_system.values()]))
-            results[(sigma_tl, step_size)] = per_system
             row = {"model": name, "sigma_tl": sigma_tl, "step_size": step_size,
                    "score": score, "seconds": time.perf_counter() - start,
+                   "device": args.device,
                    **{f"{s}_E": r["energy_ratio"] for s, r in per_system.items()},
-                   **{f"{s}_F": r["force_ratio"] for s, r in per_system.items()}}
+                   **{f"{s}_F": r["force_ratio"] for s, r in per_system.items()},
+                   "heldout_pairs": {s: [r["errors"], r["sigmas"]]
+                                     for s, r in per_system.items()}}
             rows.append(row)
             write_report(args.out, {"partial": True}, rows)  # a killed grid keeps its rows
             print(f"{name} sigma_TL {sigma_tl} gamma_0 {step_size}: score {score:.3f} "
                   f"({row['seconds']:.0f} s)", flush=True)
-        best = min((r for r in rows if r["model"] == name), key=lambda r: r["score"])
-        pairs = [(e, s) for system in args.systems
-                 for e, s in zip(results[(best["sigma_tl"], best["step_size"])][system]
-                                 ["errors"],
-                                 results[(best["sigma_tl"], best["step_size"])][system]
-                                 ["sigmas"], strict=True)]
-        calib = {f"{a},{b}": prequential(pairs, a, b) for a, b in CALIBRATIONS}
-        best_ab = max(calib, key=lambda k: calib[k]["log_score"])
-        choices[name] = {"sigma_tl": best["sigma_tl"], "step_size": best["step_size"],
-                         "score": best["score"], "calibration": best_ab,
-                         "calibration_scores": calib,
-                         "current_default": vars(model.defaults)}
+        choices[name] = choose(rows, name, args.systems) | {
+            "current_default": vars(model.defaults)}
+    report(args, rows, choices)
+    return 0
+
+
+def choose(rows: list[dict], name: str, systems: list[str]) -> dict:
+    """The grid point of ``name`` with the lowest score, and the (a, b) with the best
+    prequential log score on that point's held-out (error, sigma) pairs."""
+    best = min((r for r in rows if r["model"] == name), key=lambda r: r["score"])
+    pairs = [(e, s) for system in systems
+             for e, s in zip(*best["heldout_pairs"][system], strict=True)]
+    calib = {f"{a},{b}": prequential(pairs, a, b) for a, b in CALIBRATIONS}
+    best_ab = max(calib, key=lambda k: calib[k]["log_score"])
+    return {"sigma_tl": best["sigma_tl"], "step_size": best["step_size"],
+            "score": best["score"], "calibration": best_ab, "calibration_scores": calib}
+
+
+def report(args: argparse.Namespace, rows: list[dict], choices: dict,
+           **extra_meta: object) -> None:
+    """The grid and calibration tables, the choice, and the JSON."""
     print_markdown_table(
         ["model", "sigma_TL", "gamma_0", "score (tuned/untuned RMSE, mean)",
          *[f"{s} E/F" for s in args.systems]],
@@ -138,14 +161,49 @@ def main(argv: list[str] | None = None) -> int:
          for name, c in choices.items() for ab, v in c["calibration_scores"].items()])
     for name, c in choices.items():
         print(f"{name}: sigma_TL {c['sigma_tl']}, gamma_0 {c['step_size']}, (a, b) "
-              f"{c['calibration']} (now {c['current_default']})")
+              f"{c['calibration']} (now {c.get('current_default', '?')})")
     meta = {"machine": platform.node(), "cpus": len(os.sched_getaffinity(0)),
-            "settings": {k: (str(v) if isinstance(v, Path) else v)
-                         for k, v in vars(args).items()},
+            "settings": json.loads(json.dumps(vars(args), default=str)),  # paths as text
             "metric": "mean over systems of (tuned/untuned held-out RMSE, energy and force "
                       "averaged); (a, b): prequential Student-t log score",
-            "calibration_grid": CALIBRATIONS, "choice": choices}
+            "calibration_grid": CALIBRATIONS, "choice": choices, **extra_meta}
     write_report(args.out, meta, rows)
+
+
+def merge(args: argparse.Namespace) -> int:
+    """Join the rows of several partial grids (``--merge``) and choose from all of them."""
+    rows, systems, merged_from = [], None, []
+    for path in args.merge:
+        doc = json.loads(Path(path).read_text())
+        settings = doc["meta"].get("settings", {})
+        for row in doc["rows"]:
+            if "heldout_pairs" not in row:
+                raise SystemExit(f"{path}: a row without held-out pairs (written before "
+                                 "they were kept); rerun that grid point")
+            rows.append(row)
+            if systems is None:
+                systems = list(row["heldout_pairs"])
+            elif list(row["heldout_pairs"]) != systems:
+                raise SystemExit(f"{path}: systems {list(row['heldout_pairs'])} differ "
+                                 f"from the other files' {systems}")
+        merged_from.append({"file": str(path), "machine": doc["meta"].get("machine"),
+                            "settings": settings})
+    if not rows:
+        raise SystemExit(f"no rows in {args.merge}")
+    # the settings of the parts, not this parser's defaults: the grid that the rows cover,
+    # and the update settings, which must agree across the parts
+    for key in ("steps", "chains"):
+        values = {m["settings"].get(key) for m in merged_from}
+        if len(values) != 1:
+            raise SystemExit(f"the parts ran with different --{key}: {sorted(values)}")
+        setattr(args, key, values.pop())
+    args.systems = systems
+    args.models = sorted({r["model"] for r in rows})
+    args.sigmas = sorted({r["sigma_tl"] for r in rows})
+    args.step_sizes = sorted({r["step_size"] for r in rows})
+    args.device = sorted({r.get("device", "cpu") for r in rows})
+    choices = {name: choose(rows, name, systems) for name in args.models}
+    report(args, rows, choices, merged_from=merged_from)
     return 0
 
 

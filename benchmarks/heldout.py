@@ -68,7 +68,10 @@ def finetune_heldout(model, system: str, *, frames_seed: int, n_steps: int, n_ch
                      **posterior_kwargs: Any) -> HeldOut:
     """One update of ``n_chains`` x ``n_steps`` on the training frames of ``system``,
     scored on its held-out frames. ``posterior_kwargs`` go to PosteriorConfig
-    (``sigma_tl``, ``head_step_size``, ...), except ``step_size``, which is gamma_0."""
+    (``sigma_tl``, ``head_step_size``, ...), except ``step_size``, which is gamma_0.
+    The chains run where ``model`` lives: ``workers`` ChainPool processes on its device,
+    or, with ``workers=0``, one after another in this process (on a GPU, several such
+    processes share the device better than a pool's workers inside one)."""
     from atomate2_otf.bnn.parallel import ChainPool
     from atomate2_otf.bnn.posterior import Posterior, PosteriorConfig
     from atomate2_otf.bnn.sghmc import SGHMCConfig
@@ -87,10 +90,16 @@ def finetune_heldout(model, system: str, *, frames_seed: int, n_steps: int, n_ch
     inputs = [r.unlabelled() for r in test]
     untuned = posterior.predict_untuned(inputs, compute_stress=periodic)
     start = time.perf_counter()
-    with ChainPool(model, n_workers=workers) as pool:
-        posterior.update(pool=pool)
+    if workers == 0:
+        posterior.update()
         update_s = time.perf_counter() - start
-        tuned = posterior.predict(inputs, compute_stress=periodic, pool=pool)
+        tuned = posterior.predict(inputs, compute_stress=periodic)
+    else:
+        devices = None if model.device.type == "cpu" else [str(model.device)]
+        with ChainPool(model, n_workers=workers, devices=devices) as pool:
+            posterior.update(pool=pool)
+            update_s = time.perf_counter() - start
+            tuned = posterior.predict(inputs, compute_stress=periodic, pool=pool)
     e_ref = np.array([r.energy for r in test])
     f_ref = np.concatenate([r.forces for r in test])
     finite = bool(np.all(np.isfinite(tuned.energy)) and np.all(np.isfinite(tuned.forces)))

@@ -180,11 +180,13 @@ def _toy_run(tmp_path, **settings):
 def test_criterion_off_is_bit_identical_to_the_code_before_it(tmp_path):
     _, doc = _toy_run(tmp_path)
     assert [c.md_step for c in doc.calls] == GOLDEN_STEPS
-    # 1e-12: the recorded digits; a changed trigger or step would move these by far more
+    # 1e-6: the toy model computes in float32, whose last bits differ between CPUs (torch
+    # picks AVX2 or AVX-512 kernels: 1.2e-7 eV measured between two of these machines); a
+    # changed trigger or MD step moves these by far more, and the call steps match exactly
     np.testing.assert_allclose(doc.call_errors[::8], GOLDEN_ERRORS_EVERY_8TH, rtol=0,
-                               atol=1e-12)
+                               atol=1e-6)
     np.testing.assert_allclose(doc.final_state["positions"], GOLDEN_FINAL_POSITIONS, rtol=0,
-                               atol=1e-12)
+                               atol=1e-6)
     assert all(c.force_error is None and c.prob_within_forces is None for c in doc.calls)
 
 

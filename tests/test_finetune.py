@@ -85,9 +85,14 @@ def finetune_scores(model_name: str, system: str, n_steps: int = 400, n_chains: 
     return scores
 
 
+#: (model, system) pairs. Not SevenNet-0 on Cu: at 17 min it was the longest test of the
+#: CI's slow suite (2 cores), and benchmarks/defaults.py fine-tunes SevenNet-0 on two EMT
+#: metals (Al, Ni) with held-out scoring, the same check on data no test uses
+CASES = [("chgnet", "ethanol-xtb"), ("chgnet", "cu-emt"), ("sevenn-0", "ethanol-xtb")]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("system", ["ethanol-xtb", "cu-emt"])
-@pytest.mark.parametrize("model_name", ["chgnet", "sevenn-0"])
+@pytest.mark.parametrize(("model_name", "system"), CASES)
 def test_finetuning_beats_untuned_and_is_calibrated(model_name, system):
     if model_name.startswith("sevenn"):
         pytest.importorskip("sevenn")

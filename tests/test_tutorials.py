@@ -18,6 +18,7 @@ import ast
 import importlib
 import json
 import os
+import shutil
 import sys
 import time
 import uuid
@@ -196,11 +197,17 @@ def test_npt_solid_with_a_temperature_ramp(tmp_path):
     store = open_job_store(str(tmp_path / "otf-store-npt"))
     (row,) = status_rows(store)
     doc = finished_doc(store, row["run_id"])
-    assert doc.completed and doc.ensemble == "npt" and doc.formula == "Si8"
+    # silicon with Quantum ESPRESSO where pw.x and the Si pseudopotential are installed
+    # (CI installs them), else copper with EMT
+    from atomate2_otf.reference.qe import default_pseudo_dir
+
+    with_qe = bool(shutil.which("pw.x")) and (default_pseudo_dir() / "Si.pbe-rrkj.UPF").is_file()
+    assert doc.completed and doc.ensemble == "npt"
+    assert (doc.formula, "QE" in doc.reference) == (("Si8", True) if with_qe else ("Cu8", False))
+    assert with_qe or "EMT" in doc.reference, doc.reference
     frames = load_trajectory(store, doc.run_id)
     assert len({f["volume_A3"] for f in frames}) > 1  # the barostat moved the cell
     assert max(f["target_temperature_K"] for f in frames) > 550  # the ramp went up
-    assert "QE" in doc.reference or "GFN1" in doc.reference, doc.reference
 
 
 @pytest.fixture

@@ -38,6 +38,7 @@ from atomate2_otf.jobs import (
     md_segment,
     prepare_run,
     reference_job,
+    segment_transport,
     start_run,
 )
 from atomate2_otf.md.trigger import check_audit_fraction
@@ -279,15 +280,12 @@ class OTFMDMaker(_MDMaker):
             reference = reference_job(self.reference_maker, atoms, 0, cfg, md_step=0)
             prepare = prepare_run(reference.output, state.to_dict(), cfg.to_dict())
         prepare.metadata = cfg.metadata("prepare", 0)
-        portable = {}
-        if cfg.portable:  # what later jobs would otherwise read from the store
-            portable = {"checkpoint_data": prepare.output["checkpoint_data"],
-                        "calls": [prepare.output["call"]],
-                        "run_info": {"energy_offset": prepare.output["energy_offset"],
-                                     "start_from": None}}
+        # under the "outputs" transport: what later jobs would otherwise read from the store
+        run_info = {"energy_offset": prepare.output["energy_offset"], "start_from": None}
         segment = md_segment(prepare.output["checkpoint"], prepare.output["state"], 0,
                              cfg.to_dict(), self.reference_maker,
-                             run_started=prepare.output["run_started"], **portable)
+                             run_started=prepare.output["run_started"],
+                             **segment_transport(cfg, prepare.output, [], run_info))
         segment.name = "otf md segment 0"
         segment.metadata = cfg.metadata("segment", 0)
         if cfg.worker_categories:

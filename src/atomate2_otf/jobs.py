@@ -135,6 +135,17 @@ def load_posterior(store: JobStore, key: str, config: RunConfig,
     return Posterior.from_bytes(blob, model=_model(config))
 
 
+def segment_transport(cfg: RunConfig, producer: Any, calls: list[Any],
+                      run_info: dict[str, Any] | None) -> dict[str, Any]:
+    """An MD segment's arguments under the "outputs" transport (none under "store"): the
+    checkpoint of ``producer`` (the prepare or update job's output), the run's calls so
+    far with ``producer``'s call added, and ``run_info`` (energy offset, start_from)."""
+    if not cfg.portable:
+        return {}
+    return {"checkpoint_data": producer["checkpoint_data"],
+            "calls": [*calls, producer["call"]], "run_info": run_info}
+
+
 def _checkpoint_output(cfg: RunConfig, key: str) -> dict[str, Any]:
     """The output field that hands checkpoint ``key`` on under the "outputs" transport."""
     return {"checkpoint_data": checkpoint_placeholder(key)} if cfg.portable else {}
@@ -447,12 +458,10 @@ def md_segment(checkpoint: str, state: dict[str, Any], index: int, config: dict[
     update.name = f"otf update {k}" + (" audit" if kind == "audit" else "")
     update.metadata = {**cfg.metadata("update", k), **({"otf_audit": True}
                                                        if kind == "audit" else {})}
-    if cfg.portable:
-        portable = {"checkpoint_data": update.output["checkpoint_data"],
-                    "calls": [*(calls or []), update.output["call"]], "run_info": run_info}
     following = md_segment(update.output["checkpoint"], result.state.to_dict(), k, cfg.to_dict(),
                            reference_maker, pending_label=update.output["label"],
-                           run_started=run_started, **portable)
+                           run_started=run_started,
+                           **segment_transport(cfg, update.output, calls or [], run_info))
     following.name = f"otf md segment {k}"
     following.metadata = cfg.metadata("segment", k)
     if cfg.worker_categories:

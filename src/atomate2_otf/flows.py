@@ -122,7 +122,8 @@ class OTFMDMaker(_MDMaker):
             (one atom in a strained place) that the energy of a large cell hides. None
             (default): the energy criterion alone.
         n_chains: M SGHMC chains; sigma_tl: prior std (None: model family default).
-        update_steps, initial_update_steps: SGHMC steps per update (paper: 2000).
+        update_steps, initial_update_steps: SGHMC steps per update (default 250, measured
+            for CPUs: docs/measurements.md; the paper's 2000); of the first update.
         sghmc: further SGHMCConfig fields (batch_size, burn_in, ramp, ...).
         energy_sigma: fixed energy noise std (eV); None gives 0.1 * threshold (METHOD.md).
         calibration_a, calibration_b: Gamma prior of the calibration (None: family default).

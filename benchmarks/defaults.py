@@ -63,8 +63,7 @@ def finetune(model, system: str, sigma_tl: float, step_size: float, args) -> dic
                            n_chains=args.chains, workers=args.workers, burn_in_frac=0.2,
                            ramp_frac=0.05, sigma_tl=sigma_tl, step_size=step_size)
     return {"finite": out.finite,
-            "energy_ratio": out.energy_rmse / out.energy_rmse_untuned,
-            "force_ratio": out.force_rmse / out.force_rmse_untuned,
+            "energy_ratio": out.energy_ratio, "force_ratio": out.force_ratio,
             "errors": out.energy_errors.tolist(), "sigmas": out.energy_stds.tolist()}
 
 

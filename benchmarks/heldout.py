@@ -8,6 +8,7 @@ the even frames train one posterior update, the odd ones are held out.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -62,6 +63,16 @@ class HeldOut:
     finite: bool
     update_s: float
 
+    @property
+    def energy_ratio(self) -> float:
+        """Tuned over untuned held-out energy RMSE (lower is better)."""
+        return self.energy_rmse / self.energy_rmse_untuned
+
+    @property
+    def force_ratio(self) -> float:
+        """Tuned over untuned held-out force RMSE (lower is better)."""
+        return self.force_rmse / self.force_rmse_untuned
+
 
 def finetune_heldout(model, system: str, *, frames_seed: int, n_steps: int, n_chains: int,
                      workers: int, burn_in_frac: float, ramp_frac: float,
@@ -90,16 +101,12 @@ def finetune_heldout(model, system: str, *, frames_seed: int, n_steps: int, n_ch
     inputs = [r.unlabelled() for r in test]
     untuned = posterior.predict_untuned(inputs, compute_stress=periodic)
     start = time.perf_counter()
-    if workers == 0:
-        posterior.update()
+    devices = None if model.device.type == "cpu" else [str(model.device)]
+    with (nullcontext() if workers == 0
+          else ChainPool(model, n_workers=workers, devices=devices)) as pool:
+        posterior.update(pool=pool)
         update_s = time.perf_counter() - start
-        tuned = posterior.predict(inputs, compute_stress=periodic)
-    else:
-        devices = None if model.device.type == "cpu" else [str(model.device)]
-        with ChainPool(model, n_workers=workers, devices=devices) as pool:
-            posterior.update(pool=pool)
-            update_s = time.perf_counter() - start
-            tuned = posterior.predict(inputs, compute_stress=periodic, pool=pool)
+        tuned = posterior.predict(inputs, compute_stress=periodic, pool=pool)
     e_ref = np.array([r.energy for r in test])
     f_ref = np.concatenate([r.forces for r in test])
     finite = bool(np.all(np.isfinite(tuned.energy)) and np.all(np.isfinite(tuned.forces)))

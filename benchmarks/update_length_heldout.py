@@ -43,8 +43,7 @@ def measure(model, system: str, length: int, args: argparse.Namespace) -> dict:
                            ramp_frac=0.05)
     return {"model": args.model, "system": system, "update_steps": length,
             "chains": args.chains, "finite": out.finite,
-            "energy_ratio": out.energy_rmse / out.energy_rmse_untuned,
-            "force_ratio": out.force_rmse / out.force_rmse_untuned,
+            "energy_ratio": out.energy_ratio, "force_ratio": out.force_ratio,
             "energy_rmse_ev": out.energy_rmse, "force_rmse_ev_a": out.force_rmse,
             "spread_over_error": float(np.sqrt(np.mean(np.square(out.energy_stds))))
             / out.energy_rmse,
